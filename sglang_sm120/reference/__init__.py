@@ -1,0 +1,1 @@
+"""Plain-PyTorch oracles for every kernel (also the CPU fallbacks)."""
