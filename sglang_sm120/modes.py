@@ -123,6 +123,13 @@ def _nvml_visible(environ: Mapping[str, str]) -> list[Capability] | None:
         return None
     finally:
         nvml.close()
+    return select_visible(devices, environ)
+
+
+def select_visible(
+    devices: list[tuple[Capability, str]], environ: Mapping[str, str]
+) -> list[Capability] | None:
+    """Apply ``CUDA_VISIBLE_DEVICES`` to NVML's (capability, uuid) list; None if ambiguous."""
     cvd = environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is None:
         return [cap for cap, _ in devices]
@@ -145,7 +152,7 @@ def _nvml_visible(environ: Mapping[str, str]) -> list[Capability] | None:
         else:  # MIG-… or anything else: let CUDA itself answer
             return None
     heterogeneous = len({cap for cap, _ in devices}) > 1
-    if by_index_only and heterogeneous and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
+    if by_index_only and picked and heterogeneous and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
         return None  # CUDA's default order (fastest first) may differ from NVML's
     return picked
 

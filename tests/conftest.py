@@ -23,6 +23,27 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _fix_interpreter_loop_bounds() -> None:
+    """Triton 3.6's interpreter calls ``int()`` on a shape-(1,) array for runtime loop bounds,
+    which NumPy >= 2.3 rejects; read the single element instead (no-op if the helper is gone)."""
+    import triton.runtime.interpreter as interp
+
+    orig = getattr(interp, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_sm120_index_fix", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._sm120_index_fix = True
+    interp._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    _fix_interpreter_loop_bounds()
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return

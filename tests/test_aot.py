@@ -1,0 +1,65 @@
+"""The AOT check (sm_120a / sm_121a, on the CPU) passes good configs and reports bad ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+
+
+def _aot(*args: str, timeout: int = 3000) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
+    return subprocess.run([sys.executable, "-m", "sglang_sm120.aot", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=str(ROOT))
+
+
+def test_aot_reports_configs_over_the_smem_budget_or_spilling():
+    proc = _aot("--extra-module", "aot_fixture_kernels", "--only", "fixture.", "--jobs", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("fixture.tile_gemm")]
+    assert len(rows) == 6  # 3 configs x sm_120a, sm_121a
+    small = [r for r in rows if "BM=64" in r]
+    big = [r for r in rows if "BM=512" in r]
+    spilling = [r for r in rows if "BM=128" in r]
+    assert all(r.rstrip().endswith("ok") for r in small), rows
+    assert all("FAIL" in r and "shared memory" in r and "> 101376 B" in r for r in big), rows
+    assert all("FAIL: register spills" in r for r in spilling), rows
+    assert {"sm_120a", "sm_121a"} <= {tok for r in rows for tok in r.split()}
+    assert "4 failed" in proc.stdout
+
+
+def test_forbidden_instruction_scan():
+    from sglang_sm120.aot import forbidden_instructions
+
+    ptx = "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {...};\n mma.sync.aligned.m16n8k16"
+    assert forbidden_instructions(ptx) == ["wgmma"]
+    assert forbidden_instructions("tcgen05.mma.cta_group::1 ; setmaxnreg.inc.sync 240;") == [
+        "tcgen05", "setmaxnreg"]
+    assert forbidden_instructions("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32") == []
+
+
+def test_registry_rejects_a_config_missing_a_constexpr():
+    import aot_fixture_kernels  # under the interpreter an InterpretedFunction: same arg_names
+
+    from sglang_sm120.kernels.registry import AotConfig, register_aot
+
+    with pytest.raises(ValueError, match="neither in the signature nor a constexpr"):
+        register_aot("fixture.bad", aot_fixture_kernels._tile_gemm,
+                     signature={"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*fp32", "K": "i32"},
+                     configs=[AotConfig({"BM": 64, "BN": 64, "BK": 64})])
+
+
+def test_every_registered_kernel_config_passes_aot():
+    """The project's AOT gate: every shipped config fits SM12x (smem, 0 spills, no wgmma/tcgen05)."""
+    jobs = str(min(2, os.cpu_count() or 1))
+    proc = _aot("--jobs", jobs)
+    tail = "\n".join(proc.stdout.splitlines()[-40:])
+    assert proc.returncode == 0, tail + proc.stderr[-3000:]
+    assert " 0 failed" in proc.stdout.splitlines()[-1]
