@@ -3,7 +3,9 @@
     python -m sglang_sm120.aot [--arch 120,121] [--only NAME_SUBSTRING] [--jobs N] [--json FILE]
 
 For each (kernel, config, arch) it compiles with Triton's own compiler on the CPU
-(``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``), then
+(``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``) twice: with
+every pointer argument marked 16-byte aligned (what the runtime JIT specialises
+for tensors from PyTorch's allocator) and without (views at odd offsets), then
 fails the config when
 
 * ``metadata.shared`` exceeds 101,376 B,
@@ -40,6 +42,7 @@ class AotResult:
     kernel: str
     config: str
     arch: str
+    variant: str = "align16"
     shared: int = 0
     registers: int = 0
     spill_stores: int = 0
@@ -75,17 +78,22 @@ def forbidden_instructions(ptx: str) -> list[str]:
     return [name for name in FORBIDDEN_PTX if re.search(rf"\b{name}\b", ptx)]
 
 
-def check_config(kernel: AotKernel, config: AotConfig, arch: int) -> AotResult:
+VARIANTS = ("align16", "noalign")
+
+
+def check_config(kernel: AotKernel, config: AotConfig, arch: int, variant: str = "align16") -> AotResult:
     """Compile one config for ``sm_{arch}a`` and collect every problem."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    result = AotResult(kernel.name, config.label(), f"sm_{arch}a")
+    result = AotResult(kernel.name, config.label(), f"sm_{arch}a", variant)
+    signature = kernel.full_signature(config)
+    attrs = {}
+    if variant == "align16":  # the runtime's "D" specialisation of 16-byte aligned tensors
+        attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t.startswith("*")}
     try:
         src = triton.compiler.ASTSource(
-            fn=kernel.fn,
-            signature=kernel.full_signature(config),
-            constexprs=dict(config.constexprs),
+            fn=kernel.fn, signature=signature, constexprs=dict(config.constexprs), attrs=attrs
         )
         compiled = triton.compile(
             src,
@@ -114,10 +122,10 @@ def check_config(kernel: AotKernel, config: AotConfig, arch: int) -> AotResult:
     return result
 
 
-def _check_by_name(args: tuple[str, int, int]) -> AotResult:
-    name, index, arch = args
+def _check_by_name(args: tuple[str, int, int, str]) -> AotResult:
+    name, index, arch, variant = args
     kernel = {k.name: k for k in registered()}[name]
-    return check_config(kernel, kernel.configs[index], arch)
+    return check_config(kernel, kernel.configs[index], arch, variant)
 
 
 def _import_modules(modules: tuple[str, ...]) -> None:
@@ -131,24 +139,25 @@ def run_checks(
     jobs: int = 1,
     extra_modules: tuple[str, ...] = (),
 ) -> list[AotResult]:
-    """Check every (kernel, config, arch); ``jobs > 1`` uses worker processes."""
-    work = [(k, i, a) for k in kernels for i in range(len(k.configs)) for a in archs]
+    """Check every (kernel, config, arch, variant); ``jobs > 1`` uses worker processes."""
+    work = [(k, i, a, v) for k in kernels for i in range(len(k.configs)) for a in archs for v in VARIANTS]
     if jobs <= 1 or len(work) <= 1:
-        return [check_config(k, k.configs[i], a) for k, i, a in work]
+        return [check_config(k, k.configs[i], a, v) for k, i, a, v in work]
     with ProcessPoolExecutor(
         max_workers=jobs, initializer=_import_modules, initargs=(extra_modules,)
     ) as pool:
-        return list(pool.map(_check_by_name, [(k.name, i, a) for k, i, a in work]))
+        return list(pool.map(_check_by_name, [(k.name, i, a, v) for k, i, a, v in work]))
 
 
 def format_table(results: list[AotResult]) -> str:
-    rows = [("kernel", "config", "arch", "smem B", "regs", "spill B", "result")]
+    rows = [("kernel", "config", "arch", "variant", "smem B", "regs", "spill B", "result")]
     for r in results:
         rows.append(
             (
                 r.kernel,
                 r.config,
                 r.arch,
+                r.variant,
                 str(r.shared),
                 str(r.registers),
                 str(r.spill_stores + r.spill_loads),

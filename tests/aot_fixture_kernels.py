@@ -29,7 +29,7 @@ register_aot(
         AotConfig({"BM": 64, "BN": 64, "BK": 64, "STAGES": 2}, num_warps=4, num_stages=2),
         # a 512x128 bf16 A tile alone is 128 KB of shared memory: cannot fit 101,376 B
         AotConfig({"BM": 512, "BN": 16, "BK": 128, "STAGES": 1}, num_warps=8, num_stages=1),
-        # fits in shared memory (64 KB) but a 128x128 fp32 accumulator over 8 warps spills registers
+        # aligned: 4 pipelined stages of 128x128 bf16 tiles = 128 KB; unaligned: 64 KB but spills
         AotConfig({"BM": 128, "BN": 128, "BK": 128, "STAGES": 4}, num_warps=8, num_stages=4),
     ],
 )
