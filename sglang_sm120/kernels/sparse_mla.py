@@ -1,0 +1,523 @@
+"""Sparse MLA attention for DeepSeek-V4 on SM12x (FlashMLA ``flash_mla_with_kvcache`` replacement).
+
+Per query row ``t`` and head ``h``: softmax over the union of a main candidate list (SWA) and an
+optional extra list (C4 top-k or C128), each a list of slots into a paged fp8 KV cache in the V4
+layout (see :mod:`sglang_sm120.reference.sparse_mla`), with a per-head sink logit in the
+denominator.  Kernel: one program per (row, block of BLOCK_H heads, candidate split); gathers
+BLOCK_N slots per step, dequantizes FP8 NoPE x UE8M0 into a bf16 ``[BLOCK_N, 512]`` tile (RoPE
+columns taken as bf16), ``tl.dot`` for QK and PV, online softmax in base 2.  With more than one
+split, partials ``(o / l, log2 l + m)`` go to a workspace and a combine kernel merges them and
+applies the sink.  No host syncs, no allocation in :func:`sparse_mla_fwd`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import triton
+import triton.language as tl
+
+from sglang_sm120.kernels.registry import AotConfig, register_aot
+from sglang_sm120.platform import guard_compiled
+from sglang_sm120.reference.sparse_mla import DEFAULT_SCALE, HEAD_DIM, TOKEN_BYTES, sparse_mla_ref
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_LOG2E = 1.4426950408889634
+MAX_SPLITS = 64
+SUPPORTED_HEADS = (8, 16, 32, 64, 128)
+
+
+@triton.jit
+def _attend_scope(
+    q_ptrs, q_mask, acc, m_i, l_i,
+    kv_ptr, page_stride, page_size, idx_ptr, n_valid, blk_lo, blk_hi, qk_scale,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Online-softmax update over candidate blocks ``[blk_lo, blk_hi)`` of one scope."""
+    offs_n = tl.arange(0, BLOCK_N)
+    # K tile as [BLOCK_N, 8, 64]: sub-tiles 0..6 = fp8 NoPE x UE8M0 scale, sub-tile 7 = bf16 RoPE.
+    sub = tl.arange(0, 8)[None, :, None]
+    col = tl.arange(0, 64)[None, None, :]
+    is_nope = sub < 7
+    blk = blk_lo
+    while blk < blk_hi:  # `while`: the interpreter rejects runtime bounds in range()
+        pos = blk * BLOCK_N + offs_n
+        slot = tl.load(idx_ptr + pos, mask=pos < n_valid, other=-1)
+        valid = slot >= 0
+        slot = tl.maximum(slot, 0).to(tl.int64)
+        page = slot // page_size
+        off = slot - page * page_size
+        row = (page * page_stride + off * 576)[:, None, None]
+        srow = (page * page_stride + page_size * 576 + off * 8)[:, None, None]
+        v3 = valid[:, None, None]
+        kb = tl.load(kv_ptr + row + sub * 64 + col, mask=v3 & is_nope, other=0)
+        sb = tl.load(kv_ptr + srow + sub, mask=v3 & is_nope, other=127)
+        kr = tl.load((kv_ptr + row + 448).to(tl.pointer_type(tl.bfloat16)) + col, mask=v3 & (sub == 7),
+                     other=0.0)
+        scale = tl.exp2(sb.to(tl.float32) - 127.0)
+        kf = kb.to(tl.float8e4nv, bitcast=True)
+        if UPCAST:  # interpreter: bf16 arithmetic / bf16 tl.dot are wrong there, stay in fp32
+            k = tl.reshape(tl.where(is_nope, kf.to(tl.float32) * scale, kr.to(tl.float32)), [BLOCK_N, 512])
+        else:  # power-of-two scales: the bf16 product is exact
+            k = tl.reshape(tl.where(is_nope, kf.to(tl.bfloat16) * scale.to(tl.bfloat16), kr), [BLOCK_N, 512])
+        # q is re-read per block (L1-resident) instead of living in registers across the loop:
+        # as an mma A operand a [16, 512] bf16 tile costs 128 registers per thread and spills.
+        qt = tl.load(q_ptrs, mask=q_mask, other=0.0)
+        if UPCAST:
+            qt = qt.to(tl.float32)
+        s = tl.dot(qt, tl.trans(k))
+        s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if UPCAST:
+            acc = acc * alpha[:, None] + tl.dot(p, k)
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16), k)
+        m_i = m_new
+        blk += 1
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _sparse_mla_kernel(
+    q_ptr, stride_qt, stride_qh,
+    kv_ptr, page_stride, page_size, idx_ptr, stride_it, len_ptr, num_idx,
+    ekv_ptr, epage_stride, epage_size, eidx_ptr, stride_eit, elen_ptr, num_eidx,
+    has_len, has_elen, rows_per_len,
+    sink_ptr, has_sink,
+    out_ptr, stride_ot, stride_oh, lse_ptr, stride_lt, stride_lh,
+    part_o_ptr, part_lse_ptr,
+    H, qk_scale, blocks_per_split, num_splits,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Grid ``(T * cdiv(H, BLOCK_H), num_splits)``.
+
+    SPLIT=False: writes the final ``out`` bf16 and ``lse`` (sink applied).  SPLIT=True: writes
+    ``part_o [T, H, num_splits, 512]`` fp32 (normalized) and ``part_lse [T, H, num_splits]`` (log2).
+    """
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    n_hb = tl.cdiv(H, BLOCK_H)
+    t = (pid // n_hb).to(tl.int64)
+    heads = (pid % n_hb) * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = heads < H
+    d = tl.arange(0, 512)
+
+    q_ptrs = q_ptr + t * stride_qt + heads[:, None] * stride_qh + d[None, :]
+    q_mask = hmask[:, None]
+
+    b = t // rows_per_len
+    len0 = tl.minimum(tl.load(len_ptr + b, mask=has_len != 0, other=num_idx), num_idx)
+    len1 = tl.minimum(tl.load(elen_ptr + b, mask=has_elen != 0, other=num_eidx), num_eidx)
+    nb0 = tl.cdiv(num_idx, BLOCK_N)
+    lo = split * blocks_per_split
+    hi = lo + blocks_per_split
+
+    acc = tl.zeros([BLOCK_H, 512], dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc, m_i, l_i = _attend_scope(
+        q_ptrs, q_mask, acc, m_i, l_i, kv_ptr, page_stride, page_size, idx_ptr + t * stride_it, len0,
+        lo, tl.minimum(hi, tl.cdiv(len0, BLOCK_N)), qk_scale, BLOCK_N, UPCAST,
+    )
+    acc, m_i, l_i = _attend_scope(
+        q_ptrs, q_mask, acc, m_i, l_i, ekv_ptr, epage_stride, epage_size, eidx_ptr + t * stride_eit, len1,
+        tl.maximum(lo - nb0, 0), tl.minimum(hi - nb0, tl.cdiv(len1, BLOCK_N)), qk_scale, BLOCK_N, UPCAST,
+    )
+
+    lonely = l_i == 0.0
+    o = acc / tl.where(lonely, 1.0, l_i)[:, None]
+    lse2 = tl.where(lonely, float("-inf"), m_i + tl.log2(tl.where(lonely, 1.0, l_i)))
+    if SPLIT:
+        prow = (t * H + heads) * num_splits + split
+        tl.store(part_o_ptr + prow[:, None] * 512 + d[None, :], o, mask=hmask[:, None])
+        tl.store(part_lse_ptr + prow, lse2, mask=hmask)
+    else:
+        sink2 = tl.load(sink_ptr + heads, mask=hmask & (has_sink != 0), other=float("-inf"))
+        sink2 = sink2 * 1.4426950408889634
+        # out *= exp(lse) / (exp(lse) + exp(sink)); a row with no valid candidate gives 0 and +inf.
+        o = o / (1.0 + tl.exp2(sink2 - lse2))[:, None]
+        o = tl.where(lonely[:, None], 0.0, o)
+        lse = tl.where(lonely, float("inf"), lse2 * 0.6931471805599453)
+        tl.store(out_ptr + t * stride_ot + heads[:, None] * stride_oh + d[None, :], o.to(tl.bfloat16),
+                 mask=hmask[:, None])
+        tl.store(lse_ptr + t * stride_lt + heads * stride_lh, lse, mask=hmask)
+
+
+@triton.jit
+def _sparse_mla_combine_kernel(
+    part_o_ptr, part_lse_ptr, sink_ptr, has_sink,
+    out_ptr, stride_ot, stride_oh, lse_ptr, stride_lt, stride_lh,
+    H, num_splits,
+):
+    """Grid ``(T * H,)``: LSE-merge the split partials of one (row, head), apply the sink."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = pid // H
+    h = pid % H
+    d = tl.arange(0, 512)
+    base = pid * num_splits
+    # `while` loops: the interpreter rejects runtime-int bounds in range().
+    m = float("-inf")
+    s = 0
+    while s < num_splits:
+        m = tl.maximum(m, tl.load(part_lse_ptr + base + s))
+        s += 1
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([512], dtype=tl.float32)
+    total = 0.0
+    s = 0
+    while s < num_splits:
+        w = tl.exp2(tl.load(part_lse_ptr + base + s) - m_use)
+        acc += w * tl.load(part_o_ptr + (base + s) * 512 + d)
+        total += w
+        s += 1
+    lonely = total == 0.0
+    lse2 = m_use + tl.log2(tl.where(lonely, 1.0, total))
+    sink2 = tl.load(sink_ptr + h, mask=has_sink != 0, other=float("-inf")) * 1.4426950408889634
+    o = acc / tl.where(lonely, 1.0, total) / (1.0 + tl.exp2(sink2 - lse2))
+    o = tl.where(lonely, 0.0, o)
+    lse = tl.where(lonely, float("inf"), lse2 * 0.6931471805599453)
+    tl.store(out_ptr + t * stride_ot + h * stride_oh + d, o.to(tl.bfloat16))
+    tl.store(lse_ptr + t * stride_lt + h * stride_lh, lse)
+
+
+# ----------------------------------------------------------------------------- configurations
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    block_h: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Decode-sized launches use 16-head blocks (more programs); prefill with >= 32 heads uses 32-head
+# blocks (half the gather + dequant work per head), never split (its SPLIT=True build spills).
+# BLOCK_N=64 exceeds 101,376 B smem; 4 warps spill.
+_CFG_DECODE = _Cfg(16, 32, 8, 1)
+_CFG_PREFILL = _Cfg(32, 32, 8, 1)
+
+_MAIN_SIG = {
+    "q_ptr": "*bf16", "stride_qt": "i32", "stride_qh": "i32",
+    "kv_ptr": "*u8", "page_stride": "i64", "page_size": "i32", "idx_ptr": "*i32", "stride_it": "i32",
+    "len_ptr": "*i32", "num_idx": "i32",
+    "ekv_ptr": "*u8", "epage_stride": "i64", "epage_size": "i32", "eidx_ptr": "*i32", "stride_eit": "i32",
+    "elen_ptr": "*i32", "num_eidx": "i32",
+    "has_len": "i32", "has_elen": "i32", "rows_per_len": "i32",
+    "sink_ptr": "*fp32", "has_sink": "i32",
+    "out_ptr": "*bf16", "stride_ot": "i32", "stride_oh": "i32",
+    "lse_ptr": "*fp32", "stride_lt": "i32", "stride_lh": "i32",
+    "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
+    "H": "i32", "qk_scale": "fp32", "blocks_per_split": "i32", "num_splits": "i32",
+}
+register_aot(
+    "sparse_mla.attend",
+    _sparse_mla_kernel,
+    signature=_MAIN_SIG,
+    configs=[
+        AotConfig({"BLOCK_H": c.block_h, "BLOCK_N": c.block_n, "SPLIT": split, "UPCAST": False},
+                  num_warps=c.num_warps, num_stages=c.num_stages)
+        for c, split in ((_CFG_DECODE, False), (_CFG_DECODE, True), (_CFG_PREFILL, False))
+    ],
+)
+register_aot(
+    "sparse_mla.combine",
+    _sparse_mla_combine_kernel,
+    signature={
+        "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "sink_ptr": "*fp32", "has_sink": "i32",
+        "out_ptr": "*bf16", "stride_ot": "i32", "stride_oh": "i32",
+        "lse_ptr": "*fp32", "stride_lt": "i32", "stride_lh": "i32", "H": "i32", "num_splits": "i32",
+    },
+    configs=[AotConfig({}, num_warps=4, num_stages=1)],
+)
+
+# ----------------------------------------------------------------------------- host side
+
+_NUM_SMS: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
+def _pick_cfg(num_rows: int, num_heads: int, device: torch.device) -> _Cfg:
+    if num_heads >= 32 and num_rows * num_heads // 32 >= 2 * _num_sms(device):
+        return _CFG_PREFILL
+    return _CFG_DECODE
+
+
+def choose_num_splits(num_rows: int, num_heads: int, topk: int, extra_topk: int, device: torch.device) -> int:
+    """Split count for flash-decoding: fill the SMs when rows x head blocks are few (host ints only)."""
+    cfg = _CFG_DECODE
+    programs = num_rows * triton.cdiv(num_heads, cfg.block_h)
+    sms = _num_sms(device)
+    if programs >= sms:
+        return 1
+    blocks = triton.cdiv(topk, cfg.block_n) + triton.cdiv(extra_topk, cfg.block_n)
+    return max(1, min(triton.cdiv(sms, programs), blocks, MAX_SPLITS))
+
+
+@dataclass
+class SparseMLAWorkspace:
+    """Split-K partials: room for ``capacity`` (row, head, split) triples."""
+
+    part_o: torch.Tensor  # [capacity * 512] fp32
+    part_lse: torch.Tensor  # [capacity] fp32
+
+    @classmethod
+    def allocate(cls, capacity: int, device: torch.device | str) -> SparseMLAWorkspace:
+        return cls(
+            torch.empty(capacity * HEAD_DIM, dtype=torch.float32, device=device),
+            torch.empty(capacity, dtype=torch.float32, device=device),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.part_lse.numel()
+
+
+def workspace_for(max_rows: int, num_heads: int, topk: int, extra_topk: int,
+                  device: torch.device | str) -> SparseMLAWorkspace:
+    """Workspace covering :func:`choose_num_splits` for every row count ``1..max_rows``.
+
+    Allocate once before CUDA-graph capture; pass ``choose_num_splits(T, ...)`` as ``num_splits``.
+    """
+    device = torch.device(device)
+    need = max(r * choose_num_splits(r, num_heads, topk, extra_topk, device) for r in range(1, max_rows + 1))
+    return SparseMLAWorkspace.allocate(need * num_heads, device)
+
+
+def _check_cache(name: str, cache: torch.Tensor) -> None:
+    if cache.dtype not in (torch.uint8, torch.float8_e4m3fn):
+        raise ValueError(f"{name}: expected uint8 (or float8_e4m3fn) bytes, got {cache.dtype}")
+    if cache.ndim != 4 or cache.shape[2] != 1 or cache.shape[3] != TOKEN_BYTES:
+        raise ValueError(
+            f"{name}: expected [num_pages, page_size, 1, {TOKEN_BYTES}], got {tuple(cache.shape)}"
+        )
+    if cache.stride(3) != 1 or cache.stride(0) < cache.shape[1] * TOKEN_BYTES:
+        raise ValueError(
+            f"{name}: expected page stride >= page_size*{TOKEN_BYTES} B and unit byte stride, "
+            f"got strides {cache.stride()}"
+        )
+
+
+def _check_indices(name: str, idx: torch.Tensor, rows: int) -> None:
+    if idx.dtype != torch.int32 or idx.ndim != 2 or idx.shape[0] != rows or idx.stride(1) != 1:
+        raise ValueError(
+            f"{name}: expected int32 [{rows}, topk] with unit last stride, got {idx.dtype} {tuple(idx.shape)}"
+        )
+
+
+def _check_len(name: str, ln: torch.Tensor | None, n: int) -> None:
+    if ln is not None and (ln.dtype != torch.int32 or tuple(ln.shape) != (n,) or ln.stride(0) != 1):
+        raise ValueError(f"{name}: expected int32 [{n}] contiguous, got {ln.dtype} {tuple(ln.shape)}")
+
+
+def sparse_mla_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    indices: torch.Tensor,
+    topk_length: torch.Tensor | None,
+    attn_sink: torch.Tensor | None,
+    extra_k_cache: torch.Tensor | None,
+    extra_indices: torch.Tensor | None,
+    extra_topk_length: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    workspace: SparseMLAWorkspace | None = None,
+    num_splits: int = 1,
+    softmax_scale: float = DEFAULT_SCALE,
+    rows_per_length: int = 1,
+) -> None:
+    """Allocation-free sparse MLA (CUDA-graph capturable), results written into ``out``/``lse``.
+
+    q ``[T, H, 512]`` bf16 (last dim contiguous); k_cache / extra_k_cache ``[pages, P, 1, 584]``
+    uint8 views (page stride = ``stride(0)``); indices ``[T, K]`` / extra_indices ``[T, K']`` int32
+    slots ``page*P + offset`` (-1 invalid); topk_length / extra_topk_length ``[T // rows_per_length]``
+    int32 or None (row ``t`` uses entry ``t // rows_per_length``); attn_sink ``[H]`` fp32 or None
+    (slice the global 64-head sink by this rank's head range).  out ``[T, H, 512]`` bf16, lse
+    ``[T, H]`` fp32 (natural log, sink excluded, +inf for rows without a valid slot).
+    ``num_splits > 1`` needs ``workspace`` with room for ``T x H x num_splits``.
+    """
+    if q.dtype != torch.bfloat16 or q.ndim != 3 or q.shape[2] != HEAD_DIM or q.stride(2) != 1:
+        raise ValueError(
+            f"q: expected bf16 [T, H, {HEAD_DIM}] with unit last stride, got {q.dtype} {tuple(q.shape)}"
+        )
+    t_rows, heads, _ = q.shape
+    if heads not in SUPPORTED_HEADS:
+        raise ValueError(f"q: head count {heads} not in {SUPPORTED_HEADS} (q is [T, H, {HEAD_DIM}])")
+    _check_cache("k_cache", k_cache)
+    _check_indices("indices", indices, t_rows)
+    if rows_per_length < 1 or t_rows % rows_per_length:
+        raise ValueError(f"rows_per_length: {rows_per_length} must divide T={t_rows}")
+    n_len = t_rows // rows_per_length
+    _check_len("topk_length", topk_length, n_len)
+    if (extra_k_cache is None) != (extra_indices is None):
+        raise ValueError("extra_k_cache and extra_indices: pass both or neither")
+    if extra_k_cache is not None:
+        _check_cache("extra_k_cache", extra_k_cache)
+        _check_indices("extra_indices", extra_indices, t_rows)
+        _check_len("extra_topk_length", extra_topk_length, n_len)
+    if attn_sink is not None and (attn_sink.dtype != torch.float32 or tuple(attn_sink.shape) != (heads,)
+                                  or attn_sink.stride(0) != 1):
+        raise ValueError(f"attn_sink: expected fp32 [{heads}] contiguous, got {attn_sink.dtype} "
+                         f"{tuple(attn_sink.shape)}")
+    if out.dtype != torch.bfloat16 or tuple(out.shape) != (t_rows, heads, HEAD_DIM) or out.stride(2) != 1:
+        raise ValueError(
+            f"out: expected bf16 [{t_rows}, {heads}, {HEAD_DIM}], got {out.dtype} {tuple(out.shape)}"
+        )
+    if lse.dtype != torch.float32 or tuple(lse.shape) != (t_rows, heads):
+        raise ValueError(f"lse: expected fp32 [{t_rows}, {heads}], got {lse.dtype} {tuple(lse.shape)}")
+    if not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits: expected 1..{MAX_SPLITS}, got {num_splits}")
+    if num_splits > 1 and (workspace is None or workspace.capacity < t_rows * heads * num_splits):
+        raise ValueError(f"workspace: needs room for [{t_rows}, {heads}, {num_splits}] partials")
+    if t_rows == 0:
+        return
+
+    cfg = _pick_cfg(t_rows, heads, q.device) if num_splits == 1 else _CFG_DECODE
+    ekv, eidx, elen = (k_cache, indices, None) if extra_k_cache is None else (
+        extra_k_cache, extra_indices, extra_topk_length)
+    num_idx = indices.shape[1]
+    num_eidx = 0 if extra_k_cache is None else extra_indices.shape[1]
+    total_blocks = triton.cdiv(num_idx, cfg.block_n) + triton.cdiv(num_eidx, cfg.block_n)
+    num_splits = max(1, min(num_splits, total_blocks))
+    blocks_per_split = triton.cdiv(total_blocks, num_splits)
+    part_o = workspace.part_o if num_splits > 1 else lse
+    part_lse = workspace.part_lse if num_splits > 1 else lse
+    grid = (t_rows * triton.cdiv(heads, cfg.block_h), num_splits)
+    compiled = _sparse_mla_kernel[grid](
+        q, q.stride(0), q.stride(1),
+        k_cache.view(torch.uint8), k_cache.stride(0), k_cache.shape[1], indices, indices.stride(0),
+        topk_length if topk_length is not None else indices, num_idx,
+        ekv.view(torch.uint8), ekv.stride(0), ekv.shape[1], eidx, eidx.stride(0),
+        elen if elen is not None else indices, num_eidx,
+        int(topk_length is not None), int(elen is not None), rows_per_length,
+        attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
+        out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1),
+        part_o, part_lse,
+        heads, softmax_scale * _LOG2E, blocks_per_split, num_splits,
+        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, UPCAST=_INTERPRET,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    guard_compiled("sparse_mla.attend", compiled)
+    if num_splits > 1:
+        compiled = _sparse_mla_combine_kernel[(t_rows * heads,)](
+            part_o, part_lse, attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
+            out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1), heads, num_splits,
+            num_warps=4, num_stages=1,
+        )
+        guard_compiled("sparse_mla.combine", compiled)
+
+
+# ----------------------------------------------------------------------------- FlashMLA-compatible API
+
+
+@dataclass
+class SparseMLASchedMeta:
+    """Stand-in for ``FlashMLASchedMeta``: holds the split-K workspace (grown outside capture)."""
+
+    workspaces: dict[torch.device, SparseMLAWorkspace] = field(default_factory=dict)
+
+    def workspace(self, rows: int, heads: int, splits: int, device: torch.device) -> SparseMLAWorkspace:
+        ws = self.workspaces.get(device)
+        if ws is None or ws.capacity < rows * heads * splits:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(
+                    "sparse_mla: split-K workspace must be sized before CUDA-graph capture "
+                    f"(need {rows}x{heads}x{splits}); run the shape eagerly first or use sparse_mla_fwd"
+                )
+            ws = SparseMLAWorkspace.allocate(rows * heads * splits, device)
+            self.workspaces[device] = ws
+        return ws
+
+
+_DEFAULT_META = SparseMLASchedMeta()
+
+
+def get_mla_metadata(*args, **kwargs) -> tuple[SparseMLASchedMeta, None]:
+    """FlashMLA-compatible: returns ``(SparseMLASchedMeta(), None)``; arguments are ignored."""
+    return SparseMLASchedMeta(), None
+
+
+def flash_mla_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor | None = None,
+    cache_seqlens: torch.Tensor | None = None,
+    head_dim_v: int = HEAD_DIM,
+    tile_scheduler_metadata: SparseMLASchedMeta | None = None,
+    num_splits: None = None,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    is_fp8_kvcache: bool = True,
+    indices: torch.Tensor | None = None,
+    attn_sink: torch.Tensor | None = None,
+    extra_k_cache: torch.Tensor | None = None,
+    extra_indices_in_kvcache: torch.Tensor | None = None,
+    topk_length: torch.Tensor | None = None,
+    extra_topk_length: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop-in for FlashMLA's sparse fp8 decode (keyword names as in SGLang 0.5.12 / 0.5.16).
+
+    q ``[B, s_q, H, 512]`` bf16; k_cache ``[pages, P, 1, 584]`` uint8/fp8 view; indices
+    ``[B, s_q, K]`` int32; topk_length ``[B]`` int32; attn_sink ``[H]`` fp32; extra_* likewise.
+    Returns out ``[B, s_q, H, 512]`` bf16 and lse ``[B, H, s_q]`` fp32 (a transposed view).
+    Allocates ``out``/``lse`` per call like FlashMLA; the split workspace lives in
+    ``tile_scheduler_metadata`` and is sized on the first (eager) call of a shape.
+    """
+    if indices is None or block_table is not None or cache_seqlens is not None or causal:
+        raise ValueError("indices: sparse mode only (indices [B, s_q, topk] int32, no block_table/causal)")
+    if head_dim_v != HEAD_DIM:
+        raise ValueError(f"head_dim_v: expected {HEAD_DIM}, got {head_dim_v}")
+    if not is_fp8_kvcache:
+        raise ValueError("is_fp8_kvcache: only the fp8 V4 cache layout is supported")
+    if num_splits is not None:
+        raise ValueError("num_splits: must be None (FlashMLA interface)")
+    if q.ndim != 4:
+        raise ValueError(f"q: expected [B, s_q, H, {HEAD_DIM}], got {tuple(q.shape)}")
+    b, s_q, heads, _ = q.shape
+    for name, idx in (("indices", indices), ("extra_indices_in_kvcache", extra_indices_in_kvcache)):
+        if idx is not None and (idx.ndim != 3 or tuple(idx.shape[:2]) != (b, s_q)):
+            raise ValueError(f"{name}: expected [{b}, {s_q}, topk], got {tuple(idx.shape)}")
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    rows = b * s_q
+    q3 = q.reshape(rows, heads, q.shape[-1])
+    idx = indices.reshape(rows, indices.shape[-1])
+    eidx = None if extra_indices_in_kvcache is None else extra_indices_in_kvcache.reshape(rows, -1)
+
+    if q.device.type != "cuda" and not _INTERPRET:
+        out3, lse2 = sparse_mla_ref(
+            q3, k_cache, idx, None if topk_length is None else topk_length.repeat_interleave(s_q),
+            attn_sink, extra_k_cache, eidx,
+            None if extra_topk_length is None else extra_topk_length.repeat_interleave(s_q), scale,
+        )
+    else:
+        out3 = torch.empty(rows, heads, HEAD_DIM, dtype=torch.bfloat16, device=q.device)
+        lse2 = torch.empty(rows, heads, dtype=torch.float32, device=q.device)
+        extra_topk = 0 if eidx is None else eidx.shape[-1]
+        splits = choose_num_splits(rows, heads, idx.shape[-1], extra_topk, q.device)
+        meta = tile_scheduler_metadata if tile_scheduler_metadata is not None else _DEFAULT_META
+        ws = meta.workspace(rows, heads, splits, q.device) if splits > 1 else None
+        sparse_mla_fwd(
+            q3, k_cache, idx, topk_length, attn_sink, extra_k_cache, eidx, extra_topk_length,
+            out3, lse2, ws, splits, scale, rows_per_length=s_q,
+        )
+    return out3.view(b, s_q, heads, HEAD_DIM), lse2.view(b, s_q, heads).transpose(1, 2)
+
+
+__all__ = [
+    "MAX_SPLITS", "SparseMLASchedMeta", "SparseMLAWorkspace", "choose_num_splits", "flash_mla_with_kvcache",
+    "get_mla_metadata", "sparse_mla_fwd", "workspace_for",
+]

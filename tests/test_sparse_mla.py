@@ -1,0 +1,307 @@
+"""Sparse MLA (FlashMLA replacement): reference vs naive dense math, Triton kernel vs reference.
+
+Tolerances.  The kernel sees exactly the reference's inputs (bf16 q, the fp8 cache; dequantized
+values are exact in bf16 because UE8M0 scales are powers of two), accumulates QK and PV in fp32,
+but rounds the probabilities to bf16 before the PV MMA (as FlashMLA does) and the output to bf16:
+about 2^-8 relative each, so ``out`` is checked at atol 2e-2 / rtol 2e-2 (|out| <= ~3 here) and
+``lse`` (no bf16 rounding on its path) at 2e-3.  Under the interpreter everything is fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sglang_sm120.kernels import sparse_mla as K
+from sglang_sm120.reference import sparse_mla as R
+
+OUT_TOL = {"atol": 2e-2, "rtol": 2e-2}
+LSE_TOL = {"atol": 2e-3, "rtol": 1e-4}
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _case(t, h, p, pages, k0, ep=None, epages=0, k1=0, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    cache = R.pack_kv_cache(torch.randn(pages, p, 512, generator=g) * 2).to(device)
+    q = torch.randn(t, h, 512, generator=g).bfloat16().to(device)
+    idx = torch.randint(0, pages * p, (t, k0), generator=g, dtype=torch.int32).to(device)
+    ecache = eidx = None
+    if ep is not None:
+        ecache = R.pack_kv_cache(torch.randn(epages, ep, 512, generator=g)).to(device)
+        eidx = torch.randint(0, epages * ep, (t, k1), generator=g, dtype=torch.int32).to(device)
+    sink = torch.randn(h, generator=g).to(device)
+    return q, cache, idx, ecache, eidx, sink
+
+
+def _run(q, cache, idx, ln, sink, ecache, eidx, eln, splits, rows_per_length=1):
+    t, h, _ = q.shape
+    out = torch.empty(t, h, 512, dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty(t, h, dtype=torch.float32, device=q.device)
+    ws = K.SparseMLAWorkspace.allocate(t * h * splits, q.device)
+    K.sparse_mla_fwd(q, cache, idx, ln, sink, ecache, eidx, eln, out, lse, ws, splits,
+                     rows_per_length=rows_per_length)
+    return out, lse
+
+
+def _check(out, lse, ref_out, ref_lse):
+    torch.testing.assert_close(out.float(), ref_out.float(), **OUT_TOL)
+    torch.testing.assert_close(lse, ref_lse, **LSE_TOL)
+
+
+# --------------------------------------------------------------------------- reference (CPU)
+
+
+def test_pack_dequant_roundtrip():
+    kv = torch.randn(3, 4, 512) * torch.logspace(-3, 2, 12).view(3, 4, 1)
+    cache = R.pack_kv_cache(kv)
+    assert cache.shape == (3, 4, 1, 584) and cache.stride(0) == R.page_bytes(4) == 2880
+    deq = R.dequant_kv(cache, torch.arange(12)).view(3, 4, 512)
+    amax = kv[..., :448].reshape(3, 4, 7, 64).abs().amax(-1, keepdim=True)
+    err = (deq[..., :448] - kv[..., :448]).reshape(3, 4, 7, 64).abs()
+    assert (err <= amax * 2.0**-3).all()  # e4m3: 3 mantissa bits, scale <= 2x amax/448
+    torch.testing.assert_close(deq[..., 448:], kv[..., 448:].bfloat16().float())
+
+
+def _naive(q, cache, idx, ln, sink, ecache, eidx, eln, scale=512**-0.5):
+    """Row-by-row dense softmax with explicit candidate lists (duplicates count twice)."""
+    t, h, _ = q.shape
+    out = torch.zeros(t, h, 512)
+    lse = torch.full((t, h), math.inf)
+    for r in range(t):
+        keys = []
+        for c, ix, n in ((cache, idx, ln), (ecache, eidx, eln)):
+            if c is None:
+                continue
+            lim = ix.shape[1] if n is None else min(int(n[r]), ix.shape[1])
+            slots = [int(s) for s in ix[r, :lim] if s >= 0]
+            if slots:
+                keys.append(R.dequant_kv(c, torch.tensor(slots)).bfloat16().float())
+        if not keys:
+            continue
+        kv = torch.cat(keys)
+        z = q[r].float() @ kv.T * scale
+        lse[r] = torch.logsumexp(z, -1)
+        w = torch.softmax(torch.cat([z, sink[:, None]], 1), -1)[:, :-1]
+        out[r] = w @ kv
+    return out, lse
+
+
+def test_reference_matches_naive():
+    q, cache, idx, ecache, eidx, sink = _case(5, 4, 8, 4, 20, 2, 6, 9)
+    idx[0, 2] = -1
+    idx[1] = -1
+    idx[2, 5] = idx[2, 6]  # duplicate
+    eidx[1] = -1
+    ln = torch.tensor([20, 20, 7, 0, 13], dtype=torch.int32)
+    eln = torch.tensor([9, 3, 0, 9, 1], dtype=torch.int32)
+    ref = R.sparse_mla_ref(q, cache, idx, ln, sink, ecache, eidx, eln)
+    nv = _naive(q, cache, idx, ln, sink, ecache, eidx, eln)
+    torch.testing.assert_close(ref[0].float(), nv[0], atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(ref[1], nv[1])
+    assert (ref[1][1] == math.inf).all() and (ref[0][1] == 0).all()  # all-invalid row
+
+
+# --------------------------------------------------------------------------- Triton kernel
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("h, extra", [(8, None), (16, 4), (8, 2)])
+def test_kernel_vs_reference(splits, h, extra):
+    q, cache, idx, ecache, eidx, sink = _case(4, h, 16, 5, 40, extra, 6, 24 if extra else 0, seed=h + splits)
+    idx[0, 3] = -1
+    idx[1, :] = -1
+    idx[2, 10] = idx[2, 11]
+    ln = torch.tensor([40, 0, 17, 33], dtype=torch.int32)
+    eln = None
+    if extra:
+        eidx[1, :] = -1
+        eln = torch.tensor([24, 0, 1, 20], dtype=torch.int32)
+    out, lse = _run(q, cache, idx, ln, sink, ecache, eidx, eln, splits)
+    _check(out, lse, *R.sparse_mla_ref(q, cache, idx, ln, sink, ecache, eidx, eln))
+    assert (out[1] == 0).all() and (lse[1] == math.inf).all()
+
+
+def test_kernel_no_lengths_no_sink_inf_sink():
+    q, cache, idx, ecache, eidx, sink = _case(2, 8, 4, 8, 33, 2, 4, 5, seed=7)
+    out, lse = _run(q, cache, idx, None, None, ecache, eidx, None, 2)
+    _check(out, lse, *R.sparse_mla_ref(q, cache, idx, None, None, ecache, eidx, None))
+    sink = torch.full((8,), math.inf)
+    out, lse = _run(q, cache, idx, None, sink, ecache, eidx, None, 1)
+    assert (out == 0).all() and torch.isfinite(lse).all()
+
+
+def test_flash_mla_compat_mtp():
+    """FlashMLA call shape: q [B, s_q, H, 512], indices [B, s_q, K], lengths [B]; lse [B, H, s_q]."""
+    b, s_q, h = 2, 3, 8
+    q, cache, idx, ecache, eidx, sink = _case(b * s_q, h, 8, 4, 16, 2, 5, 7, seed=3)
+    ln = torch.tensor([16, 5], dtype=torch.int32)
+    eln = torch.tensor([2, 7], dtype=torch.int32)
+    meta, none = K.get_mla_metadata()
+    assert none is None
+    out, lse = K.flash_mla_with_kvcache(
+        q=q.view(b, s_q, h, 512), k_cache=cache, head_dim_v=512, block_table=None, cache_seqlens=None,
+        tile_scheduler_metadata=meta, softmax_scale=512**-0.5, is_fp8_kvcache=True,
+        indices=idx.view(b, s_q, -1), topk_length=ln, attn_sink=sink, extra_k_cache=ecache,
+        extra_indices_in_kvcache=eidx.view(b, s_q, -1), extra_topk_length=eln,
+    )
+    assert out.shape == (b, s_q, h, 512) and lse.shape == (b, h, s_q)
+    ref_out, ref_lse = R.sparse_mla_ref(q, cache, idx, ln.repeat_interleave(s_q), sink, ecache, eidx,
+                                        eln.repeat_interleave(s_q))
+    _check(out.reshape(b * s_q, h, 512), lse.transpose(1, 2).reshape(b * s_q, h), ref_out, ref_lse)
+
+
+@settings(max_examples=6, deadline=None)
+@given(t=st.integers(1, 3), k0=st.integers(1, 70), k1=st.integers(0, 40), splits=st.integers(1, 4),
+       seed=st.integers(0, 1000))
+def test_kernel_random_shapes(t, k0, k1, splits, seed):
+    q, cache, idx, ecache, eidx, sink = _case(t, 8, 4, 9, k0, 2 if k1 else None, 7, k1, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    idx[torch.rand(idx.shape, generator=g) < 0.2] = -1
+    ln = torch.randint(0, k0 + 1, (t,), generator=g, dtype=torch.int32)
+    out, lse = _run(q, cache, idx, ln, sink, ecache, eidx, None, splits)
+    _check(out, lse, *R.sparse_mla_ref(q, cache, idx, ln, sink, ecache, eidx, None))
+
+
+def test_bad_inputs():
+    q, cache, idx, ecache, eidx, sink = _case(2, 8, 4, 4, 8, 2, 4, 4)
+    out = torch.empty(2, 8, 512, dtype=torch.bfloat16)
+    lse = torch.empty(2, 8)
+    args = [q, cache, idx, None, sink, ecache, eidx, None, out, lse]
+
+    def bad(pos, value, match):
+        a = list(args)
+        a[pos] = value
+        with pytest.raises(ValueError, match=match):
+            K.sparse_mla_fwd(*a)
+
+    bad(0, q.float(), r"q: expected bf16 \[T, H, 512\]")
+    bad(0, q[:, :, :448], r"q: expected bf16 \[T, H, 512\]")
+    bad(0, torch.zeros(2, 12, 512, dtype=torch.bfloat16), r"q: head count 12")
+    short = cache.view(torch.uint8).as_strided((4, 4, 1, 576), cache.stride())
+    bad(1, short, r"k_cache: expected \[num_pages")
+    bad(1, torch.zeros(4, 4, 1, 584, dtype=torch.float32), "k_cache: expected uint8")
+    bad(2, idx.long(), r"indices: expected int32 \[2, topk\]")
+    bad(3, torch.zeros(3, dtype=torch.int32), r"topk_length: expected int32 \[2\]")
+    bad(4, sink[:4], r"attn_sink: expected fp32 \[8\]")
+    bad(6, None, "extra_k_cache and extra_indices")
+    bad(8, out[:, :4], r"out: expected bf16 \[2, 8, 512\]")
+    with pytest.raises(ValueError, match=r"q: expected \[B, s_q, H, 512\]"):
+        K.flash_mla_with_kvcache(q=q, k_cache=cache, head_dim_v=512, indices=idx.unsqueeze(1))
+    with pytest.raises(ValueError, match=r"indices: expected \[2, 1, topk\]"):
+        K.flash_mla_with_kvcache(q=q.unsqueeze(1), k_cache=cache, head_dim_v=512, indices=idx)
+
+
+# --------------------------------------------------------------------------- GPU (DSV4 shapes)
+
+SWA_P, C4_P, C128_P = 256, 64, 2
+
+
+def _dsv4_case(t, h, layer, topk, seed=0, swa_len=128):
+    """SWA window of 128 (page 256) plus the layer's compressed list, as SGLang builds them."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dev = "cuda"
+    swa = R.pack_kv_cache(torch.randn(64, SWA_P, 512, device=dev, generator=g))
+    q = torch.randn(t, h, 512, device=dev, generator=g).bfloat16()
+    idx = torch.randint(0, 64 * SWA_P, (t, 128), device=dev, generator=g, dtype=torch.int32)
+    ln = torch.randint(1, swa_len + 1, (t,), device=dev, generator=g, dtype=torch.int32)
+    sink_all = torch.randn(64, device=dev, generator=g)
+    rank = 1 if h < 64 else 0
+    sink = sink_all[rank * h:(rank + 1) * h]  # this rank's slice of the global head range
+    ecache = eidx = eln = None
+    if layer:
+        p = C4_P if layer == 4 else C128_P
+        pages = max(4, 4 * topk // p)
+        ecache = R.pack_kv_cache(torch.randn(pages, p, 512, device=dev, generator=g))
+        eidx = torch.randint(0, pages * p, (t, topk), device=dev, generator=g, dtype=torch.int32)
+        eidx[:, -7:] = -1
+        eidx[0, 1] = eidx[0, 0]
+        eln = torch.randint(1, topk + 1, (t,), device=dev, generator=g, dtype=torch.int32)
+        eln[-1] = topk
+    if t > 1:
+        idx[1] = -1  # all-invalid SWA row
+        if eidx is not None:
+            eidx[1] = -1
+    return q, swa, idx, ln, sink, ecache, eidx, eln
+
+
+def _ref_chunked(q, swa, idx, ln, sink, ecache, eidx, eln, chunk=256):
+    outs, lses = [], []
+    for s in range(0, q.shape[0], chunk):
+        e = slice(s, s + chunk)
+        o, lse = R.sparse_mla_ref(q[e], swa, idx[e], ln[e], sink, ecache,
+                                  None if eidx is None else eidx[e], None if eln is None else eln[e])
+        outs.append(o)
+        lses.append(lse)
+    return torch.cat(outs), torch.cat(lses)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h", [8, 16, 32, 64])
+@pytest.mark.parametrize("layer, topk", [(0, 0), (4, 128), (4, 192), (4, 256), (4, 512), (4, 1152),
+                                         (4, 2048), (128, 64), (128, 512)])
+@pytest.mark.parametrize("t", [1, 8, 64])
+def test_gpu_decode_matrix(h, layer, topk, t):
+    case = _dsv4_case(t, h, layer, topk, seed=h * 7 + topk + t)
+    q = case[0]
+    splits = K.choose_num_splits(t, h, 128, topk, q.device)
+    out, lse = _run(*case, splits=splits)
+    _check(out, lse, *_ref_chunked(*case))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("s_q", [1, 2, 3, 4])
+def test_gpu_mtp_compat(s_q):
+    b, h = 16, 32
+    q, swa, idx, _, sink, ecache, eidx, _ = _dsv4_case(b * s_q, h, 4, 512, seed=s_q)
+    ln = torch.randint(1, 129, (b,), device="cuda", dtype=torch.int32)
+    eln = torch.randint(1, 513, (b,), device="cuda", dtype=torch.int32)
+    out, lse = K.flash_mla_with_kvcache(
+        q=q.view(b, s_q, h, 512), k_cache=swa, head_dim_v=512, block_table=None, cache_seqlens=None,
+        tile_scheduler_metadata=K.get_mla_metadata()[0], softmax_scale=512**-0.5, is_fp8_kvcache=True,
+        indices=idx.view(b, s_q, -1), topk_length=ln, attn_sink=sink, extra_k_cache=ecache,
+        extra_indices_in_kvcache=eidx.view(b, s_q, -1), extra_topk_length=eln,
+    )
+    ref = _ref_chunked(q, swa, idx, ln.repeat_interleave(s_q), sink, ecache, eidx, eln.repeat_interleave(s_q))
+    _check(out.reshape(b * s_q, h, 512), lse.transpose(1, 2).reshape(b * s_q, h), *ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h, layer, topk", [(64, 4, 512), (32, 128, 64), (16, 0, 0), (32, 4, 2048)])
+def test_gpu_prefill(h, layer, topk):
+    case = _dsv4_case(2048, h, layer, topk, seed=11)
+    out, lse = _run(*case, splits=1)
+    _check(out, lse, *_ref_chunked(*case))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t, h", [(1, 32), (8, 32), (64, 64)])
+def test_gpu_cuda_graph_replay(t, h):
+    q, swa, idx, ln, sink, ecache, eidx, eln = _dsv4_case(t, h, 4, 512, seed=5)
+    ws = K.workspace_for(t, h, 128, 512, "cuda")
+    splits = K.choose_num_splits(t, h, 128, 512, q.device)
+    out = torch.empty(t, h, 512, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(t, h, dtype=torch.float32, device="cuda")
+
+    def step():
+        K.sparse_mla_fwd(q, swa, idx, ln, sink, ecache, eidx, eln, out, lse, ws, splits)
+
+    step()  # compile outside capture
+    eager = out.clone(), lse.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager[0]) and torch.equal(lse, eager[1])
+    # new inputs copied into the captured buffers give the new eager result
+    q.copy_(torch.randn_like(q))
+    eidx.copy_(torch.randint_like(eidx, 0, ecache.shape[0] * C4_P))
+    graph.replay()
+    got = out.clone(), lse.clone()
+    step()
+    assert torch.equal(got[0], out) and torch.equal(got[1], lse)
