@@ -1,0 +1,265 @@
+"""mHC kernels (``sglang_sm120.kernels.mhc``) against the PyTorch oracle (``sglang_sm120.reference.mhc``).
+
+CPU: the kernels run under the Triton interpreter with small hidden sizes; there ``tl.dot`` on fp32
+operands is exact fp32, so post/comb match the fp32 oracle to ~1e-5.  bf16 outputs: 1 ulp on a GPU
+(summation order / FMA contraction can flip a rounding); 2 ulp under the interpreter, whose
+fp32 -> bf16 cast truncates instead of rounding to nearest (the normed output is rounded twice).
+GPU: real shapes (hidden 4096, hc 4).  The pre-norm GEMM runs in TF32 (as DeepGEMM / TileLang do), so
+mixes carry ~1e-3 relative error; post (in [0, 2]) and comb (in [0, 1]) are checked to 3e-3 absolute,
+bf16 outputs to 2 % relative.  CUDA-graph replay must equal eager bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sglang_sm120.kernels import mhc as kern
+from sglang_sm120.reference import mhc as ref
+
+EPS = 1e-6
+SINKHORN_ITERS = 20
+POST_MULT = 2.0
+BF16_RTOL = 2**-6 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else 2**-7
+
+
+def _params(hidden: int, device: str = "cpu", seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    k = kern.HC_MULT * hidden
+    fn = torch.randn(kern.N_MIX, k, generator=g) * (4.0 / k**0.5)
+    scale = torch.tensor([0.8, 0.6, 1.5])
+    base = torch.randn(kern.N_MIX, generator=g) * 0.5
+    weight = (1.0 + 0.2 * torch.randn(hidden, generator=g)).to(torch.bfloat16)
+    return [t.to(device) for t in (fn, scale, base, weight)]
+
+
+def _residual(num_tokens: int, hidden: int, device: str = "cpu", seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(num_tokens, kern.HC_MULT, hidden, generator=g).to(torch.bfloat16).to(device)
+
+
+def _prev_mix(num_tokens: int, hidden: int, device: str = "cpu", seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_tokens, hidden, generator=g).to(torch.bfloat16)
+    post = 2 * torch.rand(num_tokens, kern.HC_MULT, 1, generator=g)
+    comb = torch.rand(num_tokens, kern.HC_MULT, kern.HC_MULT, generator=g)
+    comb = comb / comb.sum(-1, keepdim=True)
+    return x.to(device), post.to(device), comb.to(device)
+
+
+def _pre_args():
+    return (EPS, EPS, EPS, POST_MULT, SINKHORN_ITERS)
+
+
+def _bf16_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a.float(), b.float(), rtol=BF16_RTOL, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def test_reference_matches_sglang_torch_path():
+    """Oracle == a literal transcription of SGLang 0.5.12 hc_pre torch path + mhc_post torch path."""
+    hidden = 64
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(5, hidden)
+    post, comb, y = ref.mhc_pre(r, fn, scale, base, *_pre_args())
+
+    x_flat = r.flatten(1).float()
+    mixes = torch.nn.functional.linear(x_flat, fn) * torch.rsqrt(x_flat.square().mean(-1, keepdim=True) + EPS)
+    pre_s, post_s, comb_s = ref.hc_split_sinkhorn(mixes[:, None], scale, base, 4, SINKHORN_ITERS, EPS)
+    y_s = (pre_s.squeeze(1).unsqueeze(-1) * x_flat.view(r.shape)).sum(dim=1).to(torch.bfloat16)
+    torch.testing.assert_close(post.squeeze(-1), post_s.squeeze(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(comb, comb_s.squeeze(1), rtol=1e-6, atol=1e-6)
+    _bf16_close(y, y_s)
+    # The last Sinkhorn step normalises columns.
+    torch.testing.assert_close(comb.sum(-2), torch.ones_like(comb.sum(-2)), atol=1e-4, rtol=0)
+
+    x, p, c = _prev_mix(5, hidden)
+    expect = (p * x.unsqueeze(1) + (c.unsqueeze(-1) * r.unsqueeze(2)).sum(dim=1)).type_as(x)
+    _bf16_close(ref.mhc_post(x, r, p, c), expect)
+
+
+# ----------------------------------------------------------------------------- interpreter / GPU kernels
+
+
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 128), (7, 256), (20, 64), (130, 64)])
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_mhc_pre(num_tokens, hidden, with_norm):
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(num_tokens, hidden)
+    kw = dict(norm_weight=weight, norm_eps=EPS) if with_norm else {}
+    post, comb, y = kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
+    post_r, comb_r, y_r = ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
+    assert post.shape == (num_tokens, 4, 1) and post.dtype == torch.float32
+    assert comb.shape == (num_tokens, 4, 4) and comb.dtype == torch.float32
+    assert y.shape == (num_tokens, hidden) and y.dtype == torch.bfloat16
+    torch.testing.assert_close(post, post_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(comb, comb_r, rtol=1e-5, atol=1e-5)
+    _bf16_close(y, y_r)
+
+
+@pytest.mark.parametrize("num_tokens,hidden", [(3, 128), (130, 64)])
+def test_mhc_post(num_tokens, hidden):
+    r = _residual(num_tokens, hidden)
+    x, post, comb = _prev_mix(num_tokens, hidden)
+    for p in (post, post.squeeze(-1)):
+        _bf16_close(kern.mhc_post(x, r, p, comb), ref.mhc_post(x, r, p, comb))
+
+
+@pytest.mark.parametrize("num_tokens,hidden", [(2, 128), (130, 64)])
+def test_mhc_fused_post_pre(num_tokens, hidden):
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(num_tokens, hidden)
+    x, post_prev, comb_prev = _prev_mix(num_tokens, hidden)
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+    r_cur, post, comb, y = kern.mhc_fused_post_pre(x, r, post_prev, comb_prev, fn, scale, base, *_pre_args(), **kw)
+    _bf16_close(r_cur, ref.mhc_post(x, r, post_prev, comb_prev))
+    # A 1-ulp flip in r_cur moves the mixes; judge the pre half on the kernel's own r_cur.
+    post_r, comb_r, y_r = ref.mhc_pre(r_cur, fn, scale, base, *_pre_args(), **kw)
+    torch.testing.assert_close(post, post_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(comb, comb_r, rtol=1e-5, atol=1e-5)
+    _bf16_close(y, y_r)
+
+
+@pytest.mark.parametrize("num_splits", [None, 3])
+def test_hc_prenorm_gemm(num_splits):
+    hidden, m = 96, 9
+    fn = _params(hidden)[0]
+    a = _residual(m, hidden).view(m, -1)
+    lead = () if num_splits is None else (num_splits,)
+    d = torch.full((*lead, m, kern.N_MIX), float("nan"))
+    s = torch.full((*lead, m), float("nan"))
+    kern.hc_prenorm_gemm(a, fn, d, s, num_splits=num_splits)
+    d_r, s_r = ref.hc_prenorm_gemm(a, fn)
+    if num_splits is not None:
+        d, s = d.sum(0), s.sum(0)
+    torch.testing.assert_close(d, d_r, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s, s_r, rtol=1e-5, atol=1e-3)
+
+
+def test_empty_batch():
+    hidden = 64
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(0, hidden)
+    post, comb, y = kern.mhc_pre(r, fn, scale, base, *_pre_args())
+    assert post.shape == (0, 4, 1) and comb.shape == (0, 4, 4) and y.shape == (0, hidden)
+    x, p, c = _prev_mix(0, hidden)
+    assert kern.mhc_post(x, r, p, c).shape == (0, 4, hidden)
+    outs = kern.mhc_fused_post_pre(x, r, p, c, fn, scale, base, *_pre_args())
+    assert [tuple(o.shape) for o in outs] == [(0, 4, hidden), (0, 4, 1), (0, 4, 4), (0, hidden)]
+
+
+def test_bad_input():
+    hidden = 64
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(2, hidden)
+    with pytest.raises(ValueError, match="residual"):
+        kern.mhc_pre(r.float(), fn, scale, base, *_pre_args())
+    with pytest.raises(ValueError, match="hc_mult"):
+        kern.mhc_pre(r[:, :3].contiguous(), fn, scale, base, *_pre_args())
+    with pytest.raises(ValueError, match="fn"):
+        kern.mhc_pre(r, fn[:, :-1].contiguous(), scale, base, *_pre_args())
+    with pytest.raises(ValueError, match="fn"):
+        kern.mhc_pre(r, fn.bfloat16(), scale, base, *_pre_args())
+    with pytest.raises(ValueError, match="hc_scale"):
+        kern.mhc_pre(r, fn, scale[:2], base, *_pre_args())
+    with pytest.raises(ValueError, match="norm_eps"):
+        kern.mhc_pre(r, fn, scale, base, *_pre_args(), norm_weight=weight)
+    with pytest.raises(ValueError, match="norm_weight"):
+        kern.mhc_pre(r, fn, scale, base, *_pre_args(), norm_weight=weight[:-1], norm_eps=EPS)
+    x, p, c = _prev_mix(2, hidden)
+    with pytest.raises(ValueError, match="x"):
+        kern.mhc_post(x[:1], r, p, c)
+    with pytest.raises(ValueError, match="comb_res_mix"):
+        kern.mhc_post(x, r, p, c.double())
+    with pytest.raises(ValueError, match="post_layer_mix"):
+        kern.mhc_fused_post_pre(x, r, p[:, :2], c, fn, scale, base, *_pre_args())
+    with pytest.raises(ValueError, match="b"):
+        kern.hc_prenorm_gemm(r.view(2, -1), fn[:, :8].contiguous(), torch.empty(2, 24), torch.empty(2))
+
+
+# ----------------------------------------------------------------------------- GPU: real shapes, graphs
+
+GPU_TOKENS = [1, 7, 64, 4096]
+HIDDEN = 4096
+
+
+def _gpu_close(out, expect) -> None:
+    post, comb, y = out
+    post_r, comb_r, y_r = expect
+    torch.testing.assert_close(post, post_r, rtol=0, atol=3e-3)
+    torch.testing.assert_close(comb, comb_r, rtol=0, atol=3e-3)
+    torch.testing.assert_close(y.float(), y_r.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_tokens", GPU_TOKENS)
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_gpu_mhc_pre(num_tokens, with_norm):
+    fn, scale, base, weight = _params(HIDDEN, "cuda")
+    r = _residual(num_tokens, HIDDEN, "cuda")
+    kw = dict(norm_weight=weight, norm_eps=EPS) if with_norm else {}
+    _gpu_close(
+        kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw),
+        ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw),
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_tokens", GPU_TOKENS)
+def test_gpu_mhc_post_and_fused(num_tokens):
+    fn, scale, base, weight = _params(HIDDEN, "cuda")
+    r = _residual(num_tokens, HIDDEN, "cuda")
+    x, post_prev, comb_prev = _prev_mix(num_tokens, HIDDEN, "cuda")
+    r_post = kern.mhc_post(x, r, post_prev, comb_prev)
+    _bf16_close(r_post, ref.mhc_post(x, r, post_prev, comb_prev))
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+    r_cur, *out = kern.mhc_fused_post_pre(x, r, post_prev, comb_prev, fn, scale, base, *_pre_args(), **kw)
+    torch.testing.assert_close(r_cur, r_post, rtol=0, atol=0)
+    _gpu_close(out, ref.mhc_pre(r_cur, fn, scale, base, *_pre_args(), **kw))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_tokens", GPU_TOKENS)
+def test_gpu_hc_prenorm_gemm(num_tokens):
+    fn = _params(HIDDEN, "cuda")[0]
+    a = _residual(num_tokens, HIDDEN, "cuda").view(num_tokens, -1)
+    d = torch.empty(4, num_tokens, kern.N_MIX, device="cuda")
+    s = torch.empty(4, num_tokens, device="cuda")
+    kern.hc_prenorm_gemm(a, fn, d, s, num_splits=4)
+    d_r, s_r = ref.hc_prenorm_gemm(a, fn)
+    torch.testing.assert_close(d.sum(0), d_r, rtol=2e-3, atol=2e-2)  # TF32 products
+    torch.testing.assert_close(s.sum(0), s_r, rtol=1e-5, atol=1e-2)  # exact squares, fp32 sums
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_tokens", GPU_TOKENS)
+def test_gpu_cuda_graph(num_tokens):
+    fn, scale, base, weight = _params(HIDDEN, "cuda")
+    r = _residual(num_tokens, HIDDEN, "cuda")
+    x, post_prev, comb_prev = _prev_mix(num_tokens, HIDDEN, "cuda")
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+
+    def step():
+        pre_out = kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
+        fused = kern.mhc_fused_post_pre(x, r, post_prev, comb_prev, fn, scale, base, *_pre_args(), **kw)
+        return (*pre_out, *fused, kern.mhc_post(x, r, post_prev, comb_prev))
+
+    eager = step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up (compiles) outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for t in captured:
+        t.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(captured, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
