@@ -85,11 +85,19 @@ def poisoned_decorator(callee: str, why: str = "") -> Callable[..., Any]:
     return decorator
 
 
+_NOT_KERNELS = frozenset(sys.stdlib_module_names) | {"builtins", "torch", "numpy", "triton"}
+
+
 def _public_functions(module: types.ModuleType) -> Iterable[str]:
+    """Public functions the library defines: its own Python functions and native (pybind) ones,
+    not re-exported helpers such as ``typing.Optional`` or ``functools.partial``."""
+    package = module.__name__.split(".")[0]
     for name, value in vars(module).items():
-        if name.startswith("_") or isinstance(value, (type, types.ModuleType)):
+        if name.startswith("_") or isinstance(value, (type, types.ModuleType)) or not callable(value):
             continue
-        if callable(value):
+        owner = (getattr(value, "__module__", None) or "").split(".")[0]
+        native = isinstance(value, types.BuiltinFunctionType)
+        if owner == package or (native and owner not in _NOT_KERNELS):
             yield name
 
 

@@ -209,7 +209,9 @@ def test_gpu_cuda_graph_replay(next_n):
         step()
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, eager_out) and torch.equal(idx, eager_idx)
+    assert torch.equal(out, eager_out)
+    if next_n == 1:  # top-k runs only for next_n == 1; otherwise idx is never written
+        assert torch.equal(idx, eager_idx)
     sl.sub_(5)  # new lengths, same graph
     graph.replay()
     fresh = fp8_paged_mqa_logits(q, cache, w, sl[:, None], pt, None, width, False)

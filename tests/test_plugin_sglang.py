@@ -176,3 +176,36 @@ def test_doctor_lists_patches_under_emulate():
     assert states["deepgemm-off.enable-jit"] == "applied"
     assert states["poison-sglang-jit.indexer-metadata@0.5.12"] == "applied"
     assert states["poison-sglang-jit.indexer-metadata@0.5.16"] == "skipped"
+
+
+def test_module_poison_wraps_only_the_librarys_own_functions(tmp_path, monkeypatch):
+    """``names = ["*"]`` must not take re-exported helpers such as ``typing.Optional`` with it."""
+    import sys
+    import typing
+
+    from sglang_sm120 import poison
+
+    pkg = tmp_path / "fakekern"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from typing import Optional, Tuple\nimport functools\nfrom math import sqrt\n"
+        "from fakekern.ops import gemm\n"
+        "def run(x: Optional[int] = None):\n    return x\n"
+        "partial = functools.partial\n"
+    )
+    (pkg / "ops.py").write_text("def gemm(a, b):\n    return a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fakekern
+
+    try:
+        wrapped = poison.poison_module(fakekern, ["*"], keep=["run"], why="test")
+        assert sorted(wrapped) == ["gemm"]
+        assert fakekern.Optional is typing.Optional and fakekern.Tuple is tuple
+        assert fakekern.sqrt(4.0) == 2.0 and fakekern.partial is __import__("functools").partial
+        assert typing.Optional[int] == typing.Union[int, None]  # noqa: UP007,UP045  typing itself untouched
+        with pytest.raises(poison.SM120PoisonError, match=r"fakekern.gemm called from .*test_plugin_sglang.py"):
+            fakekern.gemm(1, 2)
+        assert fakekern.run(3) == 3
+    finally:
+        for name in [m for m in sys.modules if m.startswith("fakekern")]:
+            del sys.modules[name]
