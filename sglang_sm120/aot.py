@@ -3,10 +3,12 @@
     python -m sglang_sm120.aot [--arch 120,121] [--only NAME_SUBSTRING] [--jobs N] [--json FILE]
 
 For each (kernel, config, arch) it compiles with Triton's own compiler on the CPU
-(``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``) twice: with
-every pointer argument marked 16-byte aligned (what the runtime JIT specialises
-for tensors from PyTorch's allocator) and without (views at odd offsets), then
-fails the config when
+(``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``) in the
+runtime JIT's extreme specialisations: ``all16`` (every pointer and integer argument
+divisible by 16, as for aligned tensors and round strides: the most pipelining, so
+the most shared memory), ``ptr16`` (only pointers aligned) and ``noalign`` (views at
+odd offsets: the least vectorised code, often the most registers), then fails the
+config when
 
 * ``metadata.shared`` exceeds 101,376 B,
 * ``ptxas -v`` (the ptxas Triton itself uses for that arch, from its ``bin/``)
@@ -42,7 +44,7 @@ class AotResult:
     kernel: str
     config: str
     arch: str
-    variant: str = "align16"
+    variant: str = "all16"
     shared: int = 0
     registers: int = 0
     spill_stores: int = 0
@@ -78,19 +80,20 @@ def forbidden_instructions(ptx: str) -> list[str]:
     return [name for name in FORBIDDEN_PTX if re.search(rf"\b{name}\b", ptx)]
 
 
-VARIANTS = ("align16", "noalign")
+VARIANTS = ("all16", "ptr16", "noalign")
+_INT_TYPES = ("i32", "i64", "u32", "u64")
 
 
-def check_config(kernel: AotKernel, config: AotConfig, arch: int, variant: str = "align16") -> AotResult:
+def check_config(kernel: AotKernel, config: AotConfig, arch: int, variant: str = "all16") -> AotResult:
     """Compile one config for ``sm_{arch}a`` and collect every problem."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     result = AotResult(kernel.name, config.label(), f"sm_{arch}a", variant)
     signature = kernel.full_signature(config)
-    attrs = {}
-    if variant == "align16":  # the runtime's "D" specialisation of 16-byte aligned tensors
-        attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t.startswith("*")}
+    marked = {"all16": ("*", *_INT_TYPES), "ptr16": ("*",), "noalign": ()}[variant]
+    # the runtime's "D" specialisation: tt.divisibility 16 on aligned pointers / round integers
+    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t.startswith(marked)}
     try:
         src = triton.compiler.ASTSource(
             fn=kernel.fn, signature=signature, constexprs=dict(config.constexprs), attrs=attrs

@@ -40,7 +40,7 @@ _MAX_SPLITS = 64
 _STREAM_TILES = {
     (False, True): ((16, 64, 4, 2), (64, 32, 8, 2)),  # pre-norm GEMM
     (True, False): ((16, 64, 4, 2), (64, 32, 8, 2)),  # hc_post
-    (True, True): ((16, 64, 8, 2), (32, 32, 8, 2)),  # fused hc_post + pre-norm GEMM
+    (True, True): ((16, 32, 8, 2), (32, 32, 8, 2)),  # fused hc_post + pre-norm GEMM (16x64 spills)
 }
 _STREAM_NAMES = {(False, True): "mhc.prenorm", (True, False): "mhc.post", (True, True): "mhc.fused"}
 _LARGE_T = 128
