@@ -1,0 +1,477 @@
+"""FP8 (e4m3) block-scaled dense GEMM and ``fp8_einsum`` for SM12x (Triton, ``mma.sync``).
+
+Replaces SGLang's ``triton_w8a8_block_fp8_linear`` / ``w8a8_block_fp8_matmul_triton`` and DeepGEMM
+``fp8_einsum("bhr,hdr->bhd", recipe=(1, 1, 128))`` (DeepSeek-V4 ``wo_a``).
+``C[b, m, n] = sum_kb dot(A8[b, m, kb], W8[b, n, kb]) * sa[b, m, kb] * sw[b, n // bn, kb]`` in fp32, where
+``kb`` runs over K blocks of ``bk`` (the weight block's K size, 128 for V4 and 32 for V4.1), activations are
+quantised per token per ``bk`` group (SGLang's ``per_token_group_quant_fp8``) and weight scales are fp32 or
+UE8M0 bytes.
+
+One kernel, two launch shapes: *decode* (M <= 16: BLOCK_M 16, split-K over a fp32 workspace plus a reduce
+kernel so every SM streams weights; the bf16 activation is quantised in registers, so a decode linear is
+one or two launches) and *prefill* (BLOCK_M 64/128 x BLOCK_N 128, grouped tile order). No swap-AB is needed:
+``mma.sync`` tiles are 16 rows tall, so BLOCK_M = 16 already wastes nothing on the weight side.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from sglang_sm120.kernels.registry import AotConfig, register_aot
+from sglang_sm120.platform import guard_compiled
+
+FP8_MAX = 448.0
+DECODE_MAX_M = 16
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_E8M0 = (torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
+# block_k -> (BLOCK_M, BLOCK_N, num_warps, num_stages)
+_DECODE = {128: (16, 64, 4, 4), 32: (16, 64, 4, 8)}
+_PREFILL_M64 = {128: (64, 128, 8, 3), 32: (64, 128, 4, 4)}
+_PREFILL_M128 = {128: (128, 64, 8, 3), 32: (128, 128, 8, 4)}
+_QUANT_GROUPS = 16  # activation-quant kernel: K groups per program
+
+
+@triton.jit
+def _to_e4m3(x, EXACT_ROUND: tl.constexpr):
+    """fp32 (|x| <= 448) -> e4m3, round to nearest even. EXACT_ROUND first rounds onto the e4m3 grid in fp32
+    (the Triton interpreter's own cast is not RNE); the GPU's cvt already is."""
+    if EXACT_ROUND:
+        bits = x.to(tl.int32, bitcast=True)
+        normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
+        subnormal = ((x * 512.0 + 12582912.0) - 12582912.0) * (1.0 / 512.0)  # grid 2^-9 below 2^-6
+        x = tl.where(tl.abs(x) < 0.015625, subnormal, normal)
+    return x.to(tl.float8e4nv)
+
+
+@triton.jit
+def _fp8_gemm_kernel(
+    a_ptr,
+    as_ptr,
+    b_ptr,
+    bs_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    stride_ab,
+    stride_am,
+    stride_sab,
+    stride_sam,
+    stride_sak,
+    stride_bb,
+    stride_bn,
+    stride_sbb,
+    stride_sbn,
+    stride_sbk,
+    stride_cs,
+    stride_cb,
+    stride_cm,
+    kb_per_split,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SCALE_N: tl.constexpr,
+    QUANT_A: tl.constexpr,
+    B_E8M0: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Grid (m_tiles * n_tiles, splits, batch). A ``[b, M, K]`` e4m3 bytes (or bf16 when QUANT_A), B
+    ``[b, N, K]`` e4m3 bytes, K contiguous; BLOCK_K == the scale block along K. Split s covers K blocks
+    ``[s * kb_per_split, (s + 1) * kb_per_split)`` and writes ``c + s * stride_cs`` (fp32 partials or
+    the final output, whatever c's element type is)."""
+    GROUP_M: tl.constexpr = 8
+    # the wrappers guarantee these (16-byte rows): vectorised, pipelined loads even when the JIT cannot see it
+    K = K // 16 * 16
+    stride_ab = stride_ab // 16 * 16
+    stride_am = stride_am // 16 * 16
+    stride_bb = stride_bb // 16 * 16
+    stride_bn = stride_bn // 16 * 16
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * grid_n)
+    first_m = group * GROUP_M
+    rows_in_group = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * grid_n)) % rows_in_group
+    pid_n = (pid % (GROUP_M * grid_n)) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    kb0 = pid_s * kb_per_split
+    kb1 = tl.minimum(kb0 + kb_per_split, tl.cdiv(K, BLOCK_K))
+    offs_k = kb0 * BLOCK_K + tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + pid_b * stride_ab + (offs_m[:, None] * stride_am + offs_k[None, :])
+    b_ptrs = b_ptr + pid_b * stride_bb + (offs_n[None, :] * stride_bn + offs_k[:, None])
+    a_ptrs = tl.multiple_of(a_ptrs, [16, 16])  # base pointers are 16-byte aligned (checked by the wrappers)
+    b_ptrs = tl.multiple_of(b_ptrs, [16, 16])
+    sa_ptrs = as_ptr + pid_b * stride_sab + offs_m * stride_sam + kb0 * stride_sak
+    sb_ptrs = bs_ptr + pid_b * stride_sbb + (offs_n // SCALE_N) * stride_sbn + kb0 * stride_sbk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(kb0, kb1):
+        k_ok = offs_k < K
+        if QUANT_A:
+            # SGLang per_token_group_quant_fp8: s = max(amax, 1e-10) / 448, q = clamp(x * (1/s))
+            x = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            sa = tl.maximum(tl.max(tl.abs(x), 1), 1e-10) / 448.0
+            a = _to_e4m3(tl.clamp(x * (1.0 / sa)[:, None], -448.0, 448.0), UPCAST)
+        else:
+            a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            if a.dtype == tl.uint8:  # the interpreter gets fp8 tensors as bytes
+                a = a.to(tl.float8e4nv, bitcast=True)
+            sa = tl.load(sa_ptrs, mask=m_ok, other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if b.dtype == tl.uint8:
+            b = b.to(tl.float8e4nv, bitcast=True)
+        sb = tl.load(sb_ptrs, mask=n_ok, other=0)
+        if B_E8M0:
+            sb = (sb.to(tl.int32) << 23).to(tl.float32, bitcast=True)
+        if UPCAST:  # the interpreter has no fp8 dot
+            part = tl.dot(a.to(tl.float32), b.to(tl.float32))
+        else:
+            part = tl.dot(a, b)
+        acc += part * sa[:, None] * sb[None, :]
+        offs_k += BLOCK_K
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+        sa_ptrs += stride_sak
+        sb_ptrs += stride_sbk
+
+    c_ptrs = c_ptr + pid_s.to(tl.int64) * stride_cs + pid_b * stride_cb
+    c_ptrs += offs_m[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _splitk_reduce_kernel(p_ptr, c_ptr, M, N, splits, stride_ps, stride_cb, stride_cm, BLOCK: tl.constexpr):
+    """Grid (batch * M, cdiv(N, BLOCK)): ``c[b, m, :] = sum_s p[s, b, m, :]`` (p contiguous fp32)."""
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < N
+    src = p_ptr + row.to(tl.int64) * N + offs
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(splits):
+        acc += tl.load(src + s * stride_ps, mask=ok, other=0.0)
+    b = row // M
+    dst = c_ptr + b.to(tl.int64) * stride_cb + (row % M).to(tl.int64) * stride_cm + offs
+    tl.store(dst, acc.to(c_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _act_quant_kernel(
+    x_ptr, q_ptr, s_ptr, K, stride_x, GROUP: tl.constexpr, GROUPS: tl.constexpr, EXACT_ROUND: tl.constexpr
+):
+    """Grid (M, cdiv(K, GROUP * GROUPS)): per-token-group e4m3 quant of bf16 ``x [M, K]`` into
+    contiguous ``q [M, K]`` (bytes) and ``s [M, cdiv(K, GROUP)]`` fp32 (SGLang's formula)."""
+    row = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
+    k = g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    ok = k < K
+    x = tl.load(x_ptr + row * stride_x + k, mask=ok, other=0.0).to(tl.float32)
+    s = tl.maximum(tl.max(tl.abs(x), 1), 1e-10) / 448.0
+    q = _to_e4m3(tl.clamp(x * (1.0 / s)[:, None], -448.0, 448.0), EXACT_ROUND)
+    tl.store(q_ptr + row * K + k, q.to(tl.uint8, bitcast=True), mask=ok)
+    tl.store(s_ptr + row * tl.cdiv(K, GROUP) + g, s, mask=g < tl.cdiv(K, GROUP))
+
+
+def _gemm_signature(a: str, bs: str, c: str) -> dict[str, str]:
+    # with in-kernel activation quantisation as_ptr is unused and receives A itself
+    sig = {"a_ptr": a, "as_ptr": "*fp32" if a == "*fp8e4nv" else a, "b_ptr": "*fp8e4nv", "bs_ptr": bs, "c_ptr": c}
+    for name in ("M", "N", "K"):
+        sig[name] = "i32"
+    for name in ("stride_ab", "stride_am", "stride_sab", "stride_sam", "stride_sak", "stride_bb", "stride_bn",
+                 "stride_sbb", "stride_sbn", "stride_sbk", "stride_cs", "stride_cb", "stride_cm"):
+        sig[name] = "i32"  # what the runtime JIT passes for ints < 2^31
+    sig["kb_per_split"] = "i32"
+    return sig
+
+
+def _gemm_config(table: dict, bk: int, quant_a: bool, e8m0: bool) -> AotConfig:
+    bm, bn, nw, ns = table[bk]
+    consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SCALE_N": bk, "QUANT_A": quant_a, "B_E8M0": e8m0,
+              "UPCAST": False}
+    return AotConfig(consts, num_warps=nw, num_stages=ns)
+
+
+# Decode: A fp8 (einsum, pre-quantised) or bf16 (linear), C fp32 partials or bf16; weight scales fp32 or
+# UE8M0. Prefill: A fp8, C bf16.
+for _a, _qa in (("*fp8e4nv", False), ("*bf16", True)):
+    for _c in ("*fp32", "*bf16"):
+        for _bs, _e8 in (("*fp32", False), ("*u8", True)):
+            register_aot(
+                f"fp8_gemm.decode[a={_a[1:]},c={_c[1:]},s={_bs[1:]}]",
+                _fp8_gemm_kernel,
+                signature=_gemm_signature(_a, _bs, _c),
+                configs=[_gemm_config(_DECODE, bk, _qa, _e8) for bk in (128, 32)],
+            )
+for _bs, _e8 in (("*fp32", False), ("*u8", True)):
+    register_aot(
+        f"fp8_gemm.prefill[s={_bs[1:]}]",
+        _fp8_gemm_kernel,
+        signature=_gemm_signature("*fp8e4nv", _bs, "*bf16"),
+        configs=[_gemm_config(t, bk, False, _e8) for t in (_PREFILL_M64, _PREFILL_M128) for bk in (128, 32)],
+    )
+register_aot(
+    "fp8_gemm.splitk_reduce",
+    _splitk_reduce_kernel,
+    signature={"p_ptr": "*fp32", "c_ptr": "*bf16", "M": "i32", "N": "i32", "splits": "i32", "stride_ps": "i32",
+               "stride_cb": "i32", "stride_cm": "i32"},
+    configs=[AotConfig({"BLOCK": 1024}, num_warps=4, num_stages=1)],
+)
+register_aot(
+    "fp8_gemm.act_quant",
+    _act_quant_kernel,
+    signature={"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*fp32", "K": "i32", "stride_x": "i32"},
+    configs=[
+        AotConfig({"GROUP": g, "GROUPS": _QUANT_GROUPS, "EXACT_ROUND": False}, num_warps=4, num_stages=1)
+        for g in (128, 32)
+    ],
+)
+
+_NUM_SMS: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
+def _check_block(block_size) -> tuple[int, int]:
+    if len(block_size) != 2 or tuple(block_size) not in ((128, 128), (32, 32)):
+        raise ValueError(f"block_size: expected [128, 128] or [32, 32], got {list(block_size)}")
+    return int(block_size[0]), int(block_size[1])
+
+
+def _fp8(name: str, t: torch.Tensor) -> torch.Tensor:
+    """e4m3 operand as the kernel takes it: float8_e4m3fn on the GPU, its bytes under the interpreter."""
+    if t.dtype not in (torch.float8_e4m3fn, torch.uint8):
+        raise ValueError(f"{name}: expected float8_e4m3fn (or its uint8 bytes), got {t.dtype}")
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name}: the K dimension must be contiguous")
+    return t.view(torch.uint8 if _INTERPRET else torch.float8_e4m3fn)
+
+
+def _weight_scale(name: str, s: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    if s.dtype not in (torch.float32, *_E8M0) or tuple(s.shape) != shape:
+        raise ValueError(f"{name}: expected {list(shape)} float32 or UE8M0 bytes, got {list(s.shape)} {s.dtype}")
+    e8m0 = s.dtype != torch.float32
+    return (s.view(torch.uint8) if e8m0 else s), e8m0
+
+
+def _launch(
+    a: torch.Tensor,
+    a_scale: torch.Tensor | None,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    out: torch.Tensor,
+    bk: int,
+    b_e8m0: bool,
+    workspace: torch.Tensor | None,
+) -> None:
+    """a ``[B, M, K]`` (u8 or bf16), a_scale ``[B, M, KB]`` or None (then quantised in-kernel), b ``[B, N, K]``
+    u8, b_scale ``[B, NB, KB]``, out ``[B, M, N]`` (last dim contiguous)."""
+    batch, m, k = a.shape
+    n = b.shape[1]
+    if batch == 0 or m == 0 or n == 0:
+        return
+    for name, t in (("A", a), ("B", b)):
+        if k % 16 or any(st % 16 for st in t.stride()[:2]) or t.data_ptr() % 16:
+            raise ValueError(f"{name}: K ({k}), the row/batch strides {t.stride()[:2]} and the data pointer "
+                             "must be multiples of 16")
+    quant_a = a_scale is None
+    if quant_a and m > DECODE_MAX_M:
+        raise ValueError("internal: in-kernel activation quantisation is for M <= 16")
+    decode = m <= DECODE_MAX_M
+    table = _DECODE if decode else (_PREFILL_M64 if m <= 256 else _PREFILL_M128)
+    bm, bn, nw, ns = table[bk]
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    kblocks = triton.cdiv(k, bk)
+    splits = 1
+    if decode:
+        want = triton.cdiv(2 * _num_sms(a.device), tiles * batch)
+        per = triton.cdiv(kblocks, max(1, min(kblocks, want)))
+        splits = triton.cdiv(kblocks, per)
+    per = triton.cdiv(kblocks, splits)
+    if splits > 1:
+        need = splits * batch * m * n
+        if workspace is None:
+            workspace = torch.empty(need, dtype=torch.float32, device=a.device)
+        elif workspace.dtype != torch.float32 or workspace.numel() < need or not workspace.is_contiguous():
+            raise ValueError(f"workspace: expected >= {need} contiguous float32, got {workspace.numel()}")
+        target, stride_cs, stride_cb, stride_cm = workspace, batch * m * n, m * n, n
+    else:
+        target, stride_cs, stride_cb, stride_cm = out, 0, out.stride(0), out.stride(1)
+    sa = a if quant_a else a_scale
+    sa_strides = (0, 0, 0) if quant_a else a_scale.stride()
+    compiled = _fp8_gemm_kernel[(tiles, splits, batch)](
+        a, sa, b, b_scale, target, m, n, k,
+        a.stride(0), a.stride(1), *sa_strides, b.stride(0), b.stride(1), *b_scale.stride(),
+        stride_cs, stride_cb, stride_cm, per,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SCALE_N=bk, QUANT_A=quant_a, B_E8M0=b_e8m0, UPCAST=_INTERPRET,
+        num_warps=nw, num_stages=ns,
+    )  # fmt: skip
+    guard_compiled("fp8_gemm.gemm", compiled)
+    if splits > 1:
+        compiled = _splitk_reduce_kernel[(batch * m, triton.cdiv(n, 1024))](
+            workspace, out, m, n, splits, batch * m * n, out.stride(0), out.stride(1), BLOCK=1024, num_warps=4
+        )
+        guard_compiled("fp8_gemm.splitk_reduce", compiled)
+
+
+def per_token_group_quant_fp8(
+    x: torch.Tensor, group_size: int, *, out: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x ``[M, K]`` bf16 (K contiguous) -> (q ``[M, K]`` float8_e4m3fn, s ``[M, ceil(K/group)]`` fp32)."""
+    if x.dim() != 2 or x.dtype != torch.bfloat16 or x.stride(1) != 1:
+        raise ValueError(f"x: expected [M, K] bfloat16 with contiguous K, got {list(x.shape)} {x.dtype}")
+    if group_size not in (128, 32):
+        raise ValueError(f"group_size: expected 128 or 32, got {group_size}")
+    m, k = x.shape
+    kg = triton.cdiv(k, group_size)
+    if out is None:
+        q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+        s = torch.empty((m, kg), dtype=torch.float32, device=x.device)
+    else:
+        q, s = out
+        if q.shape != (m, k) or q.dtype != torch.float8_e4m3fn or not q.is_contiguous():
+            raise ValueError(f"out[0]: expected [{m}, {k}] contiguous float8_e4m3fn, got {list(q.shape)}")
+        if s.shape != (m, kg) or s.dtype != torch.float32 or not s.is_contiguous():
+            raise ValueError(f"out[1]: expected [{m}, {kg}] contiguous float32, got {list(s.shape)}")
+    if m and k:
+        compiled = _act_quant_kernel[(m, triton.cdiv(kg, _QUANT_GROUPS))](
+            x, q.view(torch.uint8), s, k, x.stride(0), GROUP=group_size, GROUPS=_QUANT_GROUPS,
+            EXACT_ROUND=_INTERPRET, num_warps=4,
+        )
+        guard_compiled("fp8_gemm.act_quant", compiled)
+    return q, s
+
+
+def w8a8_block_fp8_matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    As: torch.Tensor,
+    Bs: torch.Tensor,
+    block_size: list[int],
+    output_dtype: torch.dtype = torch.bfloat16,
+    *,
+    out: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SGLang ``w8a8_block_fp8_matmul_triton``: A ``[..., K]`` e4m3, B ``[N, K]`` e4m3, As ``[..., ceil(K/bk)]``
+    fp32 (row-major), Bs ``[ceil(N/bn), ceil(K/bk)]`` fp32 or UE8M0 -> ``[..., N]`` ``output_dtype``
+    (bf16/fp16/fp32). ``workspace``: fp32 split-K scratch (decode) to avoid an allocation in graph capture."""
+    bn, bk = _check_block(block_size)
+    if A.dim() < 1 or B.dim() != 2 or A.shape[-1] != B.shape[1]:
+        raise ValueError(f"A/B: expected A [..., K] and B [N, K], got {list(A.shape)} and {list(B.shape)}")
+    k = A.shape[-1]
+    n = B.shape[0]
+    a2 = _fp8("A", A).reshape(-1, k)
+    b8 = _fp8("B", B)
+    m = a2.shape[0]
+    kb = triton.cdiv(k, bk)
+    if As.dtype != torch.float32 or tuple(As.shape) != (*A.shape[:-1], kb):
+        raise ValueError(f"As: expected {[*A.shape[:-1], kb]} float32, got {list(As.shape)} {As.dtype}")
+    bs, e8m0 = _weight_scale("Bs", Bs, (triton.cdiv(n, bn), kb))
+    if output_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"output_dtype: expected bfloat16, float16 or float32, got {output_dtype}")
+    if out is None:
+        out = torch.empty((*A.shape[:-1], n), dtype=output_dtype, device=A.device)
+    elif tuple(out.shape) != (*A.shape[:-1], n) or out.dtype != output_dtype or not out.is_contiguous():
+        raise ValueError(f"out: expected {[*A.shape[:-1], n]} contiguous {output_dtype}, got {list(out.shape)}")
+    _launch(a2[None], As.reshape(1, m, kb), b8[None], bs[None], out.view(1, m, n), bk, e8m0, workspace)
+    return out
+
+
+def w8a8_block_fp8_linear(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    block_size: list[int],
+    weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SGLang ``triton_w8a8_block_fp8_linear``: input ``[..., K]`` bf16, weight ``[N, K]`` e4m3,
+    weight_scale ``[ceil(N/bn), ceil(K/bk)]`` fp32/UE8M0 -> ``[..., N]`` bf16. Activations are quantised per
+    token per ``bk`` group (in registers when M <= 16, else by a separate kernel)."""
+    if input_scale is not None:
+        raise ValueError("input_scale: must be None (activations are quantised dynamically)")
+    bn, bk = _check_block(block_size)
+    if input.dtype != torch.bfloat16 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"input/weight: expected bf16 [..., K] and [N, K], got {list(input.shape)} "
+                         f"{input.dtype} and {list(weight.shape)}")
+    k = input.shape[-1]
+    n = weight.shape[0]
+    x = input.reshape(-1, k)
+    if x.stride(1) != 1 or x.stride(0) % 16:
+        x = x.contiguous()
+    w8 = _fp8("weight", weight)
+    ws, e8m0 = _weight_scale("weight_scale", weight_scale, (triton.cdiv(n, bn), triton.cdiv(k, bk)))
+    m = x.shape[0]
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=input.device)
+    if m <= DECODE_MAX_M:
+        _launch(x[None], None, w8[None], ws[None], out[None], bk, e8m0, workspace)
+    else:
+        q, s = per_token_group_quant_fp8(x, bk)
+        _launch(_fp8("q", q)[None], s[None], w8[None], ws[None], out[None], bk, e8m0, workspace)
+    if bias is not None:
+        out += bias
+    return out.view(*input.shape[:-1], n)
+
+
+def fp8_einsum(
+    expr: str,
+    a: tuple[torch.Tensor, torch.Tensor],
+    b: tuple[torch.Tensor, torch.Tensor],
+    d: torch.Tensor,
+    c: torch.Tensor | None = None,
+    recipe: tuple[int, int, int] = (1, 1, 128),
+    *,
+    workspace: torch.Tensor | None = None,
+) -> None:
+    """DeepGEMM ``fp8_einsum("bhr,hdr->bhd", (a, sa), (b, sb), d, recipe=(1, 1, 128))`` (DSV4 ``wo_a``).
+
+    a ``[T, G, K]`` e4m3 (K contiguous), sa ``[T, G, ceil(K/128)]`` fp32 (any strides); b ``[G, N, K]`` e4m3,
+    sb the *raw* block scales ``[G, N/128, ceil(K/128)]`` (or ``[G*N/128, ceil(K/128)]``) fp32 or UE8M0 —
+    i.e. SGLang's ``_setup_fp8_wo_a_scales`` transform must be skipped; d ``[T, G, N]`` bf16 (N contiguous),
+    written in place. ``recipe`` (1, 1, 32) selects V4.1's 32x32 blocks.
+    """
+    if expr != "bhr,hdr->bhd":
+        raise ValueError(f"expr: only 'bhr,hdr->bhd' is supported, got {expr!r}")
+    if c is not None:
+        raise ValueError("c: accumulation into d is not supported (must be None)")
+    if tuple(recipe) not in ((1, 1, 128), (1, 1, 32)):
+        raise ValueError(f"recipe: expected (1, 1, 128) or (1, 1, 32), got {tuple(recipe)}")
+    blk = recipe[2]
+    (a8, sa), (b8, sb) = a, b
+    if a8.dim() != 3 or b8.dim() != 3 or a8.shape[1] != b8.shape[0] or a8.shape[2] != b8.shape[2]:
+        raise ValueError(f"a/b: expected [T, G, K] and [G, N, K], got {list(a8.shape)} and {list(b8.shape)}")
+    t, g, k = a8.shape
+    n = b8.shape[1]
+    kb = triton.cdiv(k, blk)
+    if n % blk:
+        raise ValueError(f"b: N = {n} must be a multiple of {blk}")
+    if sa.dtype != torch.float32 or tuple(sa.shape) != (t, g, kb):
+        raise ValueError(f"a scale: expected [{t}, {g}, {kb}] float32, got {list(sa.shape)} {sa.dtype}")
+    if sb.numel() != g * (n // blk) * kb:
+        raise ValueError(f"b scale: expected [{g}, {n // blk}, {kb}] block scales, got {list(sb.shape)}")
+    sb3, e8m0 = _weight_scale("b scale", sb.reshape(g, n // blk, kb), (g, n // blk, kb))
+    if tuple(d.shape) != (t, g, n) or d.dtype != torch.bfloat16 or d.stride(2) != 1:
+        raise ValueError(f"d: expected [{t}, {g}, {n}] bfloat16 (last dim contiguous), got {list(d.shape)}")
+    _launch(
+        _fp8("a", a8).transpose(0, 1), sa.transpose(0, 1), _fp8("b", b8), sb3, d.transpose(0, 1),
+        blk, e8m0, workspace,
+    )
