@@ -117,6 +117,9 @@ def measure(tokens: list[int], baselines: bool) -> dict:
                     except Exception as exc:  # noqa: BLE001
                         results["_notes"].append(f"native {op} T={t}: unavailable: {type(exc).__name__}: {exc}")
             results[f"{op}|{t}"] = row
+            # progress as it is measured, so a run cut off by a timeout still leaves its rows
+            print(f"# {os.environ.get('DISABLE_MMA_V3') and 'mma.sync' or 'default'} {op} T={t}: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in row.items()), file=sys.stderr, flush=True)
     return results
 
 
