@@ -43,6 +43,21 @@ def check_smem(name: str, shared_bytes: int, budget: int = SM12X_SMEM_PER_BLOCK)
         )
 
 
+_NUM_SMS: dict[int, int] = {}
+
+
+def num_sms(device: Any) -> int:
+    """Streaming multiprocessors of ``device`` (a ``torch.device``), cached; 8 off CUDA (interpreter)."""
+    if device.type != "cuda":
+        return 8
+    import torch
+
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
 _checked: set[tuple[str, str]] = set()
 
 

@@ -29,3 +29,9 @@ def test_guard_compiled_off_sm12x(monkeypatch):
     monkeypatch.setenv("SGLANG_SM120", "off")
     big = SimpleNamespace(hash="h-big2", metadata=SimpleNamespace(shared=200_000))
     platform.guard_compiled("attn", big)  # a non-SM12x target may use what it has
+
+
+def test_num_sms_off_cuda_is_a_small_constant():
+    import torch
+
+    assert platform.num_sms(torch.device("cpu")) == 8

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from sglang_sm120.kernels.registry import AotConfig, register_aot
-from sglang_sm120.platform import guard_compiled
+from sglang_sm120.platform import guard_compiled, num_sms
 
 FP8_MAX = 448.0
 DECODE_MAX_M = 16
@@ -236,18 +236,6 @@ register_aot(
     ],
 )
 
-_NUM_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _NUM_SMS:
-        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _NUM_SMS[idx]
-
-
 def _check_block(block_size) -> tuple[int, int]:
     if len(block_size) != 2 or tuple(block_size) not in ((128, 128), (32, 32)):
         raise ValueError(f"block_size: expected [128, 128] or [32, 32], got {list(block_size)}")
@@ -300,7 +288,7 @@ def _launch(
     kblocks = triton.cdiv(k, bk)
     splits = 1
     if decode:
-        want = triton.cdiv(2 * _num_sms(a.device), tiles * batch)
+        want = triton.cdiv(2 * num_sms(a.device), tiles * batch)
         per = triton.cdiv(kblocks, max(1, min(kblocks, want)))
         splits = triton.cdiv(kblocks, per)
     per = triton.cdiv(kblocks, splits)

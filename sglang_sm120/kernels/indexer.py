@@ -22,7 +22,7 @@ import triton.language as tl
 
 from sglang_sm120.kernels.registry import AotConfig, register_aot
 from sglang_sm120.kernels.topk import topk_transform_512
-from sglang_sm120.platform import guard_compiled
+from sglang_sm120.platform import guard_compiled, num_sms
 
 NUM_HEADS = 64
 HEAD_DIM = 128
@@ -195,21 +195,9 @@ register_aot(
     ],
 )
 
-_NUM_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _NUM_SMS:
-        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _NUM_SMS[idx]
-
-
 def _tiles_per_prog(groups: int, num_tiles: int, device: torch.device) -> int:
     """Key tiles per program: >= 4 (amortise the Q load), enough programs for ~4 waves."""
-    want = 4 * _num_sms(device)
+    want = 4 * num_sms(device)
     per = triton.cdiv(num_tiles * max(groups, 1), want)
     return max(1, min(num_tiles, max(4, per)))
 

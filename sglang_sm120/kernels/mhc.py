@@ -20,7 +20,6 @@ grids depend only on shapes.  Layouts (all contiguous): residual ``[T, hc, H]`` 
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -28,7 +27,7 @@ import triton
 import triton.language as tl
 
 from sglang_sm120.kernels.registry import AotConfig, register_aot
-from sglang_sm120.platform import guard_compiled
+from sglang_sm120.platform import guard_compiled, num_sms
 
 HC_MULT = 4
 N_MIX = (2 + HC_MULT) * HC_MULT  # 24
@@ -256,13 +255,6 @@ register_aot(
 # ----------------------------------------------------------------------------- host side
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _split_plan(
     mode: tuple[bool, bool], num_tokens: int, hidden: int, device: torch.device, num_splits: int | None = None
 ) -> tuple[int, int, int, int, int, int]:
@@ -270,7 +262,7 @@ def _split_plan(
     bt, bh, nw, ns = _STREAM_TILES[mode][num_tokens > _LARGE_T]
     n_hblk = triton.cdiv(hidden, bh)
     if num_splits is None:
-        want = max(1, 2 * _num_sms(device) // triton.cdiv(num_tokens, bt))
+        want = max(1, 2 * num_sms(device) // triton.cdiv(num_tokens, bt))
         num_splits = min(1 << (want.bit_length() - 1), n_hblk, _MAX_SPLITS)
     h_per_split = triton.cdiv(n_hblk, num_splits) * bh
     return bt, bh, nw, ns, num_splits, h_per_split

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from sglang_sm120.kernels.registry import AotConfig, register_aot
-from sglang_sm120.platform import guard_compiled
+from sglang_sm120.platform import guard_compiled, num_sms
 from sglang_sm120.reference.sparse_mla import DEFAULT_SCALE, HEAD_DIM, TOKEN_BYTES, sparse_mla_ref
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -240,20 +240,8 @@ register_aot(
 
 # ----------------------------------------------------------------------------- host side
 
-_NUM_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _NUM_SMS:
-        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _NUM_SMS[idx]
-
-
 def _pick_cfg(num_rows: int, num_heads: int, device: torch.device) -> _Cfg:
-    if num_heads >= 32 and num_rows * num_heads // 32 >= 2 * _num_sms(device):
+    if num_heads >= 32 and num_rows * num_heads // 32 >= 2 * num_sms(device):
         return _CFG_PREFILL
     return _CFG_DECODE
 
@@ -262,7 +250,7 @@ def choose_num_splits(num_rows: int, num_heads: int, topk: int, extra_topk: int,
     """Split count for flash-decoding: fill the SMs when rows x head blocks are few (host ints only)."""
     cfg = _CFG_DECODE
     programs = num_rows * triton.cdiv(num_heads, cfg.block_h)
-    sms = _num_sms(device)
+    sms = num_sms(device)
     if programs >= sms:
         return 1
     blocks = triton.cdiv(topk, cfg.block_n) + triton.cdiv(extra_topk, cfg.block_n)
