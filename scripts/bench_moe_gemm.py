@@ -1,13 +1,17 @@
-"""Benchmark: FP8 block-scaled GEMM and fp8_einsum (ours) vs DeepGEMM / SGLang Triton / torch on one GPU.
+"""Benchmark: FP8 block-scaled GEMM / fp8_einsum and the MXFP4 routed-experts MoE (ours) vs baselines, one GPU.
 
-    PYTHONPATH=. python scripts/bench_moe_gemm.py [--mma-v3 both|on|off] [--out FILE]
+    PYTHONPATH=. python scripts/bench_moe_gemm.py [--mma-v3 both|on|off] [--sections gemm,moe] [--out FILE]
 
 GEMM: ours (``w8a8_block_fp8_linear``, bf16 in -> bf16 out, activation quant included) vs DeepGEMM
 ``fp8_gemm_nt`` (native SM90, activation pre-quantised), SGLang's ``triton_w8a8_block_fp8_linear`` and torch
 dequant + matmul (weight pre-dequantised to bf16: the BF16-fallback cost). wo_a: ours ``fp8_einsum`` vs
 ``torch.einsum`` on bf16 weights. "ours" is timed with ``DISABLE_MMA_V3=1`` (mma.sync, the SM12x instruction
 mix; headline) and without. GB/s counts weight bytes (FP8 + scales); peak = H100 HBM 3.35 TB/s.
-MoE (MXFP4) is not implemented yet: no rows.
+MoE: ours (``fused_moe_mxfp4``, DSV4-Flash E=256 top-6, H=4096, I=2048/TP, swiglu_limit 10, uniform random
+routing) vs SGLang's Marlin MXFP4 MoE (``fused_marlin_moe`` on ``prepare_moe_mxfp4_layer_for_marlin`` weights,
+native SM90) and SGLang's Triton ``fused_experts`` on FP8 128x128-block experts; times include routing
+alignment. GB/s counts the MXFP4 weight + scale bytes of the experts actually routed to; TFLOP/s =
+6 * T * top_k * H * I / t.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ SHAPES = {
     "shared gate_up (4096x4096)": (4096, 4096, 1),
     "wo_a TP2 (4x1024x4096)": (1024, 4096, 4),
 }
+
+
+MOE_E, MOE_H, MOE_I, MOE_TOPK, MOE_LIMIT = 256, 4096, 2048, 6, 10.0
+
+
+def _emit(key: str, us: float) -> None:
+    print(f"  {key}: {us:.1f} us", file=sys.stderr, flush=True)  # partial results survive a timeout
 
 
 def _bench(fn) -> float:
@@ -70,8 +81,137 @@ def measure_ours(ms: list[int]) -> dict[str, float]:
     for name, (n, k, groups) in SHAPES.items():
         for m in ms:
             res[f"{name}/{m}"] = case(n, k, groups, m)
+            _emit(f"{name}/{m}", res[f"{name}/{m}"])
             torch.cuda.empty_cache()
     return res
+
+
+def _moe_weights(tp: int):
+    """Packed E2M1 bytes + UE8M0 scales in the pre-Marlin layout, DSV4-like magnitudes."""
+    import torch
+
+    inter = MOE_I // tp
+    w13 = torch.randint(0, 256, (MOE_E, 2 * inter, MOE_H // 2), dtype=torch.uint8, device="cuda")
+    w2 = torch.randint(0, 256, (MOE_E, MOE_H, inter // 2), dtype=torch.uint8, device="cuda")
+    s13 = torch.randint(118, 124, (MOE_E, 2 * inter, MOE_H // 32), dtype=torch.uint8, device="cuda")
+    s2 = torch.randint(118, 124, (MOE_E, MOE_H, inter // 32), dtype=torch.uint8, device="cuda")
+    return w13.view(torch.int8), w2.view(torch.int8), s13, s2
+
+
+def _moe_routing(t: int):
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(t)
+    ids = torch.rand(t, MOE_E, device="cuda", generator=g).argsort(1)[:, :MOE_TOPK].to(torch.int32)
+    tw = torch.rand(t, MOE_TOPK, device="cuda", generator=g)
+    return (tw / tw.sum(1, keepdim=True)).contiguous(), ids.contiguous()
+
+
+def measure_moe_ours(tps: list[int], ts: list[int]) -> dict[str, float]:
+    import torch
+
+    from sglang_sm120.kernels.moe_mxfp4 import fused_moe_mxfp4, moe_mxfp4_workspace
+
+    def case(weights, t: int) -> float:
+        tw, ids = _moe_routing(t)
+        x = torch.randn(t, MOE_H, device="cuda").bfloat16()
+        out = torch.empty_like(x)
+        ws = moe_mxfp4_workspace(t, MOE_TOPK, MOE_E, MOE_H, weights[1].shape[2] * 2, "cuda")
+        return _bench(lambda: fused_moe_mxfp4(x, *weights, tw, ids, swiglu_limit=MOE_LIMIT, out=out, workspace=ws))
+
+    res: dict[str, float] = {}
+    for tp in tps:
+        weights = _moe_weights(tp)
+        for t in ts:
+            res[f"moe/tp{tp}/{t}"] = case(weights, t)
+            _emit(f"moe/tp{tp}/{t}", res[f"moe/tp{tp}/{t}"])
+        weights = None
+        torch.cuda.empty_cache()
+    return res
+
+
+def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """Marlin MXFP4 and SGLang Triton FP8 ``fused_experts`` times, experts hit per T, notes."""
+    import torch
+
+    res: dict[str, float] = {}
+    hit: dict[str, int] = {}
+    notes: set[str] = set()
+    for t in ts:
+        hit[str(t)] = int(_moe_routing(t)[1].unique().numel())
+
+    def marlin(w13, w2, s13, s2):
+        from sglang.srt.layers.moe.fused_moe_triton.fused_marlin_moe import fused_marlin_moe
+        from sglang.srt.layers.quantization.marlin_utils_fp4 import prepare_moe_mxfp4_layer_for_marlin
+
+        layer = torch.nn.Module()
+        e8m0 = torch.float8_e8m0fnu
+        for name, val in (("w13_weight", w13.clone()), ("w2_weight", w2.clone()),
+                          ("w13_weight_scale_inv", s13.view(e8m0).clone()),
+                          ("w2_weight_scale_inv", s2.view(e8m0).clone())):
+            layer.register_parameter(name, torch.nn.Parameter(val, requires_grad=False))
+        prepare_moe_mxfp4_layer_for_marlin(layer)
+
+        def run(x, tw, ids):
+            logits = torch.empty(x.shape[0], MOE_E, device="cuda")
+            return lambda: fused_marlin_moe(
+                x, layer.w13_weight, layer.w2_weight, layer.w13_weight_scale, layer.w2_weight_scale, logits, tw, ids,
+                workspace=layer.workspace, num_bits=4, clamp_limit=MOE_LIMIT,
+            )  # fmt: skip
+
+        return run
+
+    def sgl_fp8(w13, w2, s13, s2):
+        from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
+        from sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe import fused_experts
+        from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+        inter = w2.shape[2] * 2
+
+        def fp8(*shape):  # random finite e4m3 bytes
+            b = torch.randint(0, 0x7E, shape, dtype=torch.uint8, device="cuda")
+            return (b | (torch.randint(0, 2, shape, dtype=torch.uint8, device="cuda") << 7)).view(torch.float8_e4m3fn)
+
+        f1, f2 = fp8(MOE_E, 2 * inter, MOE_H), fp8(MOE_E, MOE_H, inter)
+        fs1 = torch.rand(MOE_E, 2 * inter // 128, MOE_H // 128, device="cuda") * 1e-3
+        fs2 = torch.rand(MOE_E, MOE_H // 128, inter // 128, device="cuda") * 1e-3
+        cfg = MoeRunnerConfig(num_experts=MOE_E, num_local_experts=MOE_E, hidden_size=MOE_H,
+                              intermediate_size_per_partition=inter, top_k=MOE_TOPK, inplace=False,
+                              swiglu_limit=MOE_LIMIT, gate_up_interleaved=False)
+
+        def run(x, tw, ids):
+            topk = StandardTopKOutput(tw, ids, torch.empty(x.shape[0], MOE_E, device="cuda"))
+            return lambda: fused_experts(x, f1, f2, topk, cfg, use_fp8_w8a8=True, w1_scale=fs1, w2_scale=fs2,
+                                         block_shape=[128, 128])
+
+        return run
+
+    def cases(name: str, run, tp: int) -> None:
+        for t in ts:
+            tw, ids = _moe_routing(t)
+            x = torch.randn(t, MOE_H, device="cuda").bfloat16()
+            fn, why = _try(name, lambda: run(x, tw, ids))  # noqa: B023 - called at once
+            if fn is None:
+                notes.add(why)
+                return
+            key = f"{name}/tp{tp}/{t}"
+            try:
+                res[key] = _bench(fn)
+                _emit(key, res[key])
+            except Exception as e:  # noqa: BLE001 - e.g. not capturable in a CUDA graph
+                notes.add(f"{name} failed to time: {type(e).__name__}: {str(e)[:100]}")
+
+    for tp in tps:
+        weights = _moe_weights(tp)
+        for name, prep in (("marlin", marlin), ("sgl_fp8", sgl_fp8)):
+            try:
+                cases(name, prep(*weights), tp)
+            except Exception as e:  # noqa: BLE001 - report any failure as unavailable
+                notes.add(f"{name} unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+            torch.cuda.empty_cache()
+        weights = None
+        torch.cuda.empty_cache()
+    return res, hit, sorted(notes)
 
 
 def _try(name: str, make):
@@ -121,6 +261,7 @@ def measure_baselines(ms: list[int]) -> tuple[dict[str, float], list[str]]:
                 continue
             try:
                 res[f"{key}/{name}/{m}"] = _bench(fn)
+                _emit(f"{key}/{name}/{m}", res[f"{key}/{name}/{m}"])
             except Exception as e:  # noqa: BLE001 - e.g. not capturable in a CUDA graph
                 notes.add(f"{key} failed to time: {type(e).__name__}: {str(e)[:100]}")
 
@@ -160,22 +301,57 @@ def render(ms, off, on, base, notes, device: str) -> str:
                 f"{_fmt(base.get(f'sgl_triton/{key}'))} | {_fmt(base.get(f'torch_bf16/{key}'))} | "
                 f"{_fmt(dg / t if dg and t else None, 2)} |"
             )
-    lines += ["", "MoE (MXFP4): not implemented in this revision.", *notes]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *notes])
+
+
+def render_moe(tps, ts, off, on, base, hit, notes) -> str:
+    lines = [
+        f"MoE (MXFP4 routed experts, E={MOE_E}, top-{MOE_TOPK}, H={MOE_H}, I={MOE_I}/TP, swiglu_limit "
+        f"{MOE_LIMIT}); GB/s and % HBM on the MXFP4 bytes of the experts hit; ours/Marlin < 1 = faster.",
+        "",
+        "| TP | T | experts hit | ours(off) us | ours(on) us | GB/s (off) | % HBM | TFLOP/s (off) | Marlin us "
+        "| ours/Marlin time | SGLang Triton FP8 us |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tp in tps:
+        inter = MOE_I // tp
+        per_expert = 3 * inter * MOE_H // 2 + 3 * inter * MOE_H // 32  # packed E2M1 + UE8M0 scales
+        for t in ts:
+            key = f"tp{tp}/{t}"
+            tm = off.get(f"moe/{key}")
+            n_hit = hit.get(str(t))
+            gbs = n_hit * per_expert / (tm * 1e-6) / 1e9 if tm and n_hit else None
+            tf = 6 * t * MOE_TOPK * MOE_H * inter / (tm * 1e-6) / 1e12 if tm else None
+            mar = base.get(f"marlin/{key}")
+            lines.append(
+                f"| {tp} | {t} | {n_hit if n_hit else '-'} | {_fmt(tm)} | {_fmt(on.get(f'moe/{key}'))} | "
+                f"{_fmt(gbs, 0)} | {_fmt(gbs / HBM_PEAK * 1e11 if gbs else None)} | {_fmt(tf, 2)} | {_fmt(mar)} | "
+                f"{_fmt(tm / mar if tm and mar else None, 2)} | {_fmt(base.get(f'sgl_fp8/{key}'))} |"
+            )
+    return "\n".join([*lines, "", *notes])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mma-v3", choices=("on", "off", "both"), default="both")
+    ap.add_argument("--sections", default="gemm,moe", help="comma list of gemm, moe")
     ap.add_argument("--ms", default="1,8,16,64,4096")
-    ap.add_argument("--out", default=None, help="save the markdown table here")
+    ap.add_argument("--moe-tp", default="1,2,4,8", help="MoE: TP splits of the intermediate size")
+    ap.add_argument("--moe-tokens", default="1,4,8,64,4096")
+    ap.add_argument("--out", default=None, help="save the markdown tables here")
     ap.add_argument("--json-ours", default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
     ms = [int(x) for x in args.ms.split(",")]
+    tps = [int(x) for x in args.moe_tp.split(",")]
+    ts = [int(x) for x in args.moe_tokens.split(",")]
+    sections = set(args.sections.split(","))
 
     if args.json_ours:
+        res = measure_ours(ms) if "gemm" in sections else {}
+        if "moe" in sections:
+            res.update(measure_moe_ours(tps, ts))
         with open(args.json_ours, "w") as f:
-            json.dump(measure_ours(ms), f)
+            json.dump(res, f)
         return
 
     def child(disable: bool) -> dict[str, float]:
@@ -185,7 +361,9 @@ def main() -> None:
             env["DISABLE_MMA_V3"] = "1"
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
             path = tmp.name
-        subprocess.run([sys.executable, __file__, "--json-ours", path, "--ms", args.ms], env=env, check=True)
+        cmd = [sys.executable, __file__, "--json-ours", path, "--ms", args.ms, "--sections", args.sections,
+               "--moe-tp", args.moe_tp, "--moe-tokens", args.moe_tokens]
+        subprocess.run(cmd, env=env, check=True)
         with open(path) as f:
             return json.load(f)
 
@@ -193,12 +371,18 @@ def main() -> None:
     on = child(False) if args.mma_v3 in ("on", "both") else {}
     import torch
 
-    base, notes = measure_baselines(ms)
-    table = render(ms, off, on, base, notes, torch.cuda.get_device_name())
-    print(table)
+    tables = []
+    if "gemm" in sections:
+        base, notes = measure_baselines(ms)
+        tables.append(render(ms, off, on, base, notes, torch.cuda.get_device_name()))
+        print(tables[-1], flush=True)
+    if "moe" in sections:
+        base, hit, notes = measure_moe_baselines(tps, ts)
+        tables.append(render_moe(tps, ts, off, on, base, hit, notes))
+        print(tables[-1], flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            f.write(table + "\n")
+            f.write("\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":

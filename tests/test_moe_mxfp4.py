@@ -1,0 +1,241 @@
+"""MXFP4 routed-experts MoE and hash routing vs the PyTorch oracles.
+
+Tolerances: kernel and oracle decode identical E2M1 values and scales (exactly), accumulate in fp32 and round the
+SwiGLU output and each expert's output to bf16 once, so they differ by summation order plus bf16 rounding
+flips: 2^-8 relative per rounding on the GPU, 2^-7 under the interpreter (its fp32->bf16 cast truncates). We
+allow 2e-2 of the largest output magnitude (interpreter) / 1e-2 (GPU), and a mean error 10x smaller on the GPU.
+CPU runs use the dequant + bf16-``tl.dot`` path (fp32 dot under the interpreter); ``tl.dot_scaled`` is not used.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sglang_sm120.kernels.moe_mxfp4 as moe
+from sglang_sm120.kernels.moe_mxfp4 import fused_moe_mxfp4, hash_topk, moe_mxfp4_workspace
+from sglang_sm120.reference.moe_mxfp4 import dequant_mxfp4, fused_moe_mxfp4_ref, hash_topk_ref, quant_mxfp4
+
+E8M0 = getattr(torch, "float8_e8m0fnu", torch.uint8)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)).item()
+
+
+def make_experts(e: int, h: int, inter: int, scale_dtype: torch.dtype = torch.uint8, device: str = "cpu", seed=0):
+    """Random packed bytes (every E2M1 code, incl. -0) and UE8M0 scales around 2^-6 (DSV4-like magnitudes)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    w13 = torch.randint(0, 256, (e, 2 * inter, h // 2), generator=g, device=device, dtype=torch.uint8)
+    w2 = torch.randint(0, 256, (e, h, inter // 2), generator=g, device=device, dtype=torch.uint8)
+    s13 = torch.randint(118, 124, (e, 2 * inter, h // 32), generator=g, device=device, dtype=torch.uint8)
+    s2 = torch.randint(118, 124, (e, h, inter // 32), generator=g, device=device, dtype=torch.uint8)
+    if scale_dtype == torch.float32:
+        s13, s2 = torch.exp2(s13.float() - 127), torch.exp2(s2.float() - 127)
+    elif scale_dtype != torch.uint8:
+        s13, s2 = s13.view(scale_dtype), s2.view(scale_dtype)
+    return w13.view(torch.int8), w2.view(torch.int8), s13, s2
+
+
+def make_routing(t: int, e: int, k: int, dtype=torch.int32, device: str = "cpu", skew: bool = False, seed=0):
+    """Distinct experts per token; ``skew``: every token picks experts 0..k-2 plus one of the rest (imbalance,
+    most experts empty)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)])
+    if skew:
+        ids[:, : k - 1] = torch.arange(k - 1)
+        ids[:, k - 1] = k - 1 + torch.randint(0, 2, (t,), generator=g)
+    w = torch.rand(t, k, generator=g) + 0.1
+    return (w / w.sum(1, keepdim=True)).to(device), ids.to(dtype).to(device)
+
+
+def test_quant_dequant_roundtrip():
+    w = torch.randn(4, 64) * 0.01
+    q, s = quant_mxfp4(w)
+    assert q.shape == (4, 32) and s.shape == (4, 2)
+    d = dequant_mxfp4(q, s)
+    assert ((d - w).abs() <= w.abs().amax() * 0.26).all()  # E2M1 spacing: <= 1/4 of the group amax
+    q = torch.zeros(1, 16, dtype=torch.uint8)
+    q[0, :2] = torch.tensor([0x21, 0xF8])  # low nibble first: 0.5, 1, -0, -6
+    d = dequant_mxfp4(q, torch.tensor([[126]], dtype=torch.uint8))
+    assert torch.equal(d[0, :4], torch.tensor([0.25, 0.5, -0.0, -3.0])) and not d[0, 4:].any()
+
+
+@pytest.mark.parametrize(
+    "t,scale_dtype,ids_dtype,limit",
+    [(1, torch.uint8, torch.int32, 10.0), (7, E8M0, torch.int64, 10.0), (70, torch.float32, torch.int32, 1.0),
+     (3, torch.uint8, torch.int64, None)],
+)
+def test_moe(t, scale_dtype, ids_dtype, limit):
+    e, h, inter, k = 8, 256, 128, 6
+    w13, w2, s13, s2 = make_experts(e, h, inter, scale_dtype)
+    tw, ids = make_routing(t, e, k, ids_dtype)
+    x = (torch.randn(t, h) * 2).bfloat16()
+    out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=limit)
+    ref = fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=limit)
+    assert out.shape == (t, h) and out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < 2e-2
+
+
+def test_moe_split_k(monkeypatch):
+    """Decode with few programs: GEMM1 splits K (fp32 atomics) and GEMM2 applies the SwiGLU on load."""
+    monkeypatch.setattr(moe, "_num_sms", lambda device: 64)
+    e, h, inter = 8, 512, 128
+    w13, w2, s13, s2 = make_experts(e, h, inter)
+    tw, ids = make_routing(2, e, 6)
+    x = torch.randn(2, h).bfloat16()
+    out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0)
+    assert rel_err(out, fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0)) < 2e-2
+
+
+def test_moe_padding_ids_imbalance_and_scaling():
+    """Padded tokens (ids -1), out-of-range ids, empty experts, routed_scaling_factor, a reused workspace."""
+    e, h, inter, k = 8, 256, 128, 4
+    w13, w2, s13, s2 = make_experts(e, h, inter)
+    ws = moe_mxfp4_workspace(80, k, e, h, inter, "cpu")
+    for t, skew in ((70, True), (5, False)):
+        tw, ids = make_routing(t, e, k, skew=skew, seed=t)
+        ids[-1] = -1
+        ids[0, 1] = e
+        x = torch.randn(t, h).bfloat16()
+        out = torch.full((t, h), float("nan"), dtype=torch.bfloat16)
+        fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0, routed_scaling_factor=1.5, out=out,
+                        workspace=ws)
+        ref = fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0, routed_scaling_factor=1.5)
+        assert rel_err(out, ref) < 2e-2
+        assert torch.equal(out[-1], torch.zeros(h, dtype=torch.bfloat16))
+        assert not ws.counts.any()  # left zero for the next call
+
+
+def test_moe_no_tokens():
+    w13, w2, s13, s2 = make_experts(4, 128, 128)
+    out = fused_moe_mxfp4(torch.empty(0, 128).bfloat16(), w13, w2, s13, s2, torch.empty(0, 2),
+                          torch.empty(0, 2, dtype=torch.int32))
+    assert out.shape == (0, 128)
+
+
+@pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("shared", [0, 1])
+def test_hash_topk(ids_dtype, shared):
+    t, e, vocab, k = 37, 16, 1000, 6
+    g = torch.Generator().manual_seed(1)
+    tid2eid = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(vocab)]).int()
+    logits = torch.randn(t, e, generator=g) * 3
+    input_ids = torch.randint(0, vocab, (t,), generator=g).to(ids_dtype)
+    tw, tids = hash_topk(logits, input_ids, tid2eid, shared, 1.5)
+    tw_ref, tids_ref = hash_topk_ref(logits, input_ids, tid2eid, shared, 1.5)
+    assert torch.equal(tids, tids_ref)
+    torch.testing.assert_close(tw, tw_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input():
+    e, h, inter = 4, 128, 128
+    w13, w2, s13, s2 = make_experts(e, h, inter)
+    tw, ids = make_routing(2, e, 2)
+    x = torch.randn(2, h).bfloat16()
+    with pytest.raises(ValueError, match="hidden_states"):
+        fused_moe_mxfp4(x.float(), w13, w2, s13, s2, tw, ids)
+    with pytest.raises(ValueError, match="w13"):
+        fused_moe_mxfp4(x, w13.float(), w2, s13, s2, tw, ids)
+    with pytest.raises(ValueError, match="w2"):
+        fused_moe_mxfp4(x, w13, w2[:, :64], s13, s2, tw, ids)
+    with pytest.raises(ValueError, match="w13_scale"):
+        fused_moe_mxfp4(x, w13, w2, s13.half(), s2, tw, ids)
+    with pytest.raises(ValueError, match="w2_scale"):
+        fused_moe_mxfp4(x, w13, w2, s13, s2[..., :1], tw, ids)
+    with pytest.raises(ValueError, match="topk_ids"):
+        fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids.short())
+    with pytest.raises(ValueError, match="topk_weights"):
+        fused_moe_mxfp4(x, w13, w2, s13, s2, tw.half(), ids)
+    with pytest.raises(ValueError, match="multiples of 128"):
+        w13b, w2b, s13b, s2b = make_experts(e, 96, inter)
+        fused_moe_mxfp4(torch.randn(2, 96).bfloat16(), w13b, w2b, s13b, s2b, tw, ids)
+    with pytest.raises(ValueError, match="workspace"):
+        fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, workspace=moe_mxfp4_workspace(1, 2, e, h, inter, "cpu"))
+    with pytest.raises(ValueError, match="input_ids"):
+        hash_topk(torch.randn(2, e), torch.zeros(2, dtype=torch.int16), torch.zeros(10, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="scoring_func"):
+        hash_topk(torch.randn(2, e), torch.zeros(2, dtype=torch.int32), torch.zeros(10, 2, dtype=torch.int32),
+                  scoring_func="softmax")
+
+
+# ---------------------------------------------------------------- GPU (DSV4-Flash shapes) ----------------------
+
+DSV4_E, DSV4_H, DSV4_I, DSV4_K = 256, 4096, 2048, 6
+
+
+@pytest.fixture(scope="module", params=[1, 2, 4, 8], ids=lambda tp: f"tp{tp}")
+def dsv4_experts(request):
+    inter = DSV4_I // request.param
+    return make_experts(DSV4_E, DSV4_H, inter, torch.uint8, device="cuda")
+
+
+def _check_gpu(out: torch.Tensor, ref: torch.Tensor) -> None:
+    diff = (out.float() - ref.float()).abs()
+    peak = ref.float().abs().max()
+    assert (diff.max() / peak).item() < 1e-2
+    assert (diff.mean() / ref.float().abs().mean()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 7, 64, 4096])
+@pytest.mark.parametrize("skew", [False, True], ids=["uniform", "skewed"])
+def test_gpu_moe_dsv4(dsv4_experts, t, skew):
+    w13, w2, s13, s2 = dsv4_experts
+    tw, ids = make_routing(t, DSV4_E, DSV4_K, device="cuda", skew=skew)
+    x = torch.randn(t, DSV4_H, device="cuda").bfloat16()
+    out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0)
+    _check_gpu(out, fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scale_dtype", [torch.float32, E8M0])
+def test_gpu_moe_scale_dtypes_int64_ids(scale_dtype):
+    w13, w2, s13, s2 = make_experts(DSV4_E, DSV4_H, DSV4_I // 2, scale_dtype, device="cuda")
+    tw, ids = make_routing(33, DSV4_E, DSV4_K, torch.int64, device="cuda")
+    ids[-3:] = -1
+    x = torch.randn(33, DSV4_H, device="cuda").bfloat16()
+    out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0)
+    _check_gpu(out, fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,tp", [(64, 1), (1, 8), (4096, 2)])
+def test_gpu_cuda_graph(t, tp):
+    """Replay == eager; bit-exact except where GEMM1 splits K (fp32 atomics: summation order, (1, 8) on H100)."""
+    w13, w2, s13, s2 = make_experts(DSV4_E, DSV4_H, DSV4_I // tp, device="cuda")
+    tw, ids = make_routing(t, DSV4_E, DSV4_K, device="cuda")
+    x = torch.randn(t, DSV4_H, device="cuda").bfloat16()
+    ws = moe_mxfp4_workspace(t, DSV4_K, DSV4_E, DSV4_H, DSV4_I // tp, "cuda")
+    out = torch.empty(t, DSV4_H, dtype=torch.bfloat16, device="cuda")
+    fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0, out=out, workspace=ws)  # compile first
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0, out=out, workspace=ws)
+    tw2, ids2 = make_routing(t, DSV4_E, DSV4_K, device="cuda", seed=7)
+    x.copy_(torch.randn_like(x))
+    tw.copy_(tw2)
+    ids.copy_(ids2)
+    eager = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0, workspace=ws).clone()
+    graph.replay()
+    torch.cuda.synchronize()
+    if (t, tp) == (1, 8):
+        assert rel_err(out, eager) < 1e-2
+    else:
+        assert torch.equal(out, eager)
+    _check_gpu(out, fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
+def test_gpu_hash_topk(ids_dtype):
+    vocab, t = 129280, 4096
+    tid2eid = torch.randint(0, DSV4_E, (vocab, DSV4_K), device="cuda", dtype=torch.int32)
+    logits = torch.randn(t, DSV4_E, device="cuda")
+    input_ids = torch.randint(0, vocab, (t,), device="cuda").to(ids_dtype)
+    input_ids[0] = vocab - 1
+    tw, tids = hash_topk(logits, input_ids, tid2eid)
+    tw_ref, tids_ref = hash_topk_ref(logits, input_ids, tid2eid)
+    assert torch.equal(tids, tids_ref)
+    torch.testing.assert_close(tw, tw_ref, rtol=1e-5, atol=1e-6)
