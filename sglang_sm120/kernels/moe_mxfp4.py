@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from sglang_sm120.kernels.registry import AotConfig, register_aot
-from sglang_sm120.platform import guard_compiled
+from sglang_sm120.platform import guard_compiled, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _E8M0 = (torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
@@ -392,18 +392,6 @@ register_aot(
 
 # ------------------------------------------------------------------ host side -----------------------------------
 
-_NUM_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _NUM_SMS:
-        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _NUM_SMS[idx]
-
-
 def _block_m(num_tokens: int) -> int:
     return 16 if num_tokens <= DECODE_MAX_TOKENS else 64
 
@@ -545,7 +533,7 @@ def fused_moe_mxfp4(
     guard_compiled("moe_mxfp4.scatter", c)
 
     route = (ws.sorted_ids, ws.block_expert, ws.total)
-    sms = _num_sms(x.device)
+    sms = num_sms(x.device)
     if bm == 16:  # narrower tiles, then split-K of GEMM1, when the programs cannot fill the GPU (high TP)
         tile1 = _DECODE[64 if triton.cdiv(inter, 64) * max_blocks >= 2 * sms else 32]
         tile2 = _DECODE[64 if triton.cdiv(h, 64) * max_blocks >= 2 * sms else 32]
