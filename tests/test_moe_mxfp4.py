@@ -79,7 +79,7 @@ def test_moe(t, scale_dtype, ids_dtype, limit):
 
 def test_moe_split_k(monkeypatch):
     """Decode with few programs: GEMM1 splits K (fp32 atomics) and GEMM2 applies the SwiGLU on load."""
-    monkeypatch.setattr(moe, "_num_sms", lambda device: 64)
+    monkeypatch.setattr(moe, "num_sms", lambda device: 64)
     e, h, inter = 8, 512, 128
     w13, w2, s13, s2 = make_experts(e, h, inter)
     tw, ids = make_routing(2, e, 6)
