@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
+
+from bench_common import run_child
 
 HBM_PEAK = 3.35e12
 
@@ -180,17 +178,8 @@ def main() -> None:
         return
 
     def child(disable: bool) -> dict[str, float]:
-        env = dict(os.environ)
-        env.pop("DISABLE_MMA_V3", None)
-        if disable:
-            env["DISABLE_MMA_V3"] = "1"
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
-            path = tmp.name
-        cmd = [sys.executable, __file__, "--json-ours", path]
-        cmd += ["--contexts", args.contexts, "--batches", args.batches]
-        subprocess.run(cmd, env=env, check=True)
-        with open(path) as f:
-            return json.load(f)
+        return run_child(__file__, "--json-ours", ["--contexts", args.contexts, "--batches", args.batches],
+                         disable_mma_v3=disable)
 
     off = child(True) if args.mma_v3 in ("off", "both") else {}
     on = child(False) if args.mma_v3 in ("on", "both") else {}

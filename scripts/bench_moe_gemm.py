@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
+
+from bench_common import run_child
 
 HBM_PEAK = 3.35e12
 # name -> (N, K, groups); groups > 1 = wo_a einsum ([T, G, K] x [G, N, K])
@@ -355,17 +354,9 @@ def main() -> None:
         return
 
     def child(disable: bool) -> dict[str, float]:
-        env = dict(os.environ)
-        env.pop("DISABLE_MMA_V3", None)
-        if disable:
-            env["DISABLE_MMA_V3"] = "1"
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
-            path = tmp.name
-        cmd = [sys.executable, __file__, "--json-ours", path, "--ms", args.ms, "--sections", args.sections,
-               "--moe-tp", args.moe_tp, "--moe-tokens", args.moe_tokens]
-        subprocess.run(cmd, env=env, check=True)
-        with open(path) as f:
-            return json.load(f)
+        return run_child(__file__, "--json-ours", ["--ms", args.ms, "--sections", args.sections,
+                                                  "--moe-tp", args.moe_tp, "--moe-tokens", args.moe_tokens],
+                         disable_mma_v3=disable)
 
     off = child(True) if args.mma_v3 in ("off", "both") else {}
     on = child(False) if args.mma_v3 in ("on", "both") else {}

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import torch
+from bench_common import run_child
 
 HBM_PEAK_GBS = 3350.0
 HEADS, SWA, TOPK = 32, 128, 512
@@ -118,7 +118,7 @@ def bench_baselines(inp, bs, s_q) -> dict[str, float | str]:
     return res
 
 
-def run_child(with_baselines: bool) -> list[dict]:
+def measure_rows(with_baselines: bool) -> list[dict]:
     rows = []
     for ctx, bs, s_q in CASES:
         inp = make_inputs(ctx, bs, s_q)
@@ -166,22 +166,15 @@ def main() -> int:
     ap.add_argument("--json-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.json_child:
-        rows = run_child(with_baselines=os.environ.get("BENCH_SPARSE_MLA_BASELINES") == "1")
+        rows = measure_rows(with_baselines=os.environ.get("BENCH_SPARSE_MLA_BASELINES") == "1")
         with open(args.json_child, "w") as f:
             json.dump(rows, f)
         return 0
     modes = ("off", "on") if args.mma_v3 == "both" else (args.mma_v3,)
     results = {}
     for i, mode in enumerate(modes):
-        env = dict(os.environ)
-        env.pop("DISABLE_MMA_V3", None)
-        if mode == "off":
-            env["DISABLE_MMA_V3"] = "1"
-        env["BENCH_SPARSE_MLA_BASELINES"] = "1" if i == 0 else "0"
-        path = f"/tmp/bench_sparse_mla_{mode}_{os.getpid()}.json"
-        subprocess.run([sys.executable, __file__, "--json-child", path], env=env, check=True)
-        with open(path) as f:
-            results[mode] = json.load(f)
+        results[mode] = run_child(__file__, "--json-child", [], disable_mma_v3=mode == "off",
+                                  env={"BENCH_SPARSE_MLA_BASELINES": "1" if i == 0 else "0"})
     md = table(results)
     print(f"GPU: {torch.cuda.get_device_name()}  heads={HEADS} swa={SWA} c4_topk={TOPK}\n")
     print(md)

@@ -1,0 +1,28 @@
+"""Shared by the benchmark scripts: run "ours" in a child process with or without DISABLE_MMA_V3.
+
+Triton reads ``DISABLE_MMA_V3`` when it compiles, so the mma.sync (SM12x-style) and default
+(wgmma on Hopper) builds of our kernels are timed in separate processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+
+def run_child(script: str, child_flag: str, args: list[str], *, disable_mma_v3: bool,
+              env: dict[str, str] | None = None) -> Any:
+    """Run ``python script child_flag FILE *args`` with ``DISABLE_MMA_V3=1`` or unset; return FILE's JSON."""
+    child_env = {k: v for k, v in os.environ.items() if k != "DISABLE_MMA_V3"}
+    if disable_mma_v3:
+        child_env["DISABLE_MMA_V3"] = "1"
+    child_env.update(env or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.json")
+        subprocess.run([sys.executable, script, child_flag, path, *args], env=child_env, check=True)
+        with open(path) as f:
+            return json.load(f)
