@@ -1,7 +1,8 @@
-"""Shared by the benchmark scripts: run "ours" in a child process with or without DISABLE_MMA_V3.
+"""Shared by the benchmark scripts.
 
-Triton reads ``DISABLE_MMA_V3`` when it compiles, so the mma.sync (SM12x-style) and default
-(wgmma on Hopper) builds of our kernels are timed in separate processes.
+``run_child``: Triton reads ``DISABLE_MMA_V3`` when it compiles, so the mma.sync (SM12x-style) and
+default (wgmma on Hopper) builds of our kernels are timed in separate processes.
+``try_baseline``: a baseline that cannot be built or run is reported, never fatal.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 
@@ -26,3 +28,13 @@ def run_child(script: str, child_flag: str, args: list[str], *, disable_mma_v3: 
         subprocess.run([sys.executable, script, child_flag, path, *args], env=child_env, check=True)
         with open(path) as f:
             return json.load(f)
+
+
+def try_baseline(name: str, make: Callable[[], Callable[[], Any]]) -> tuple[Callable[[], Any] | None, str]:
+    """Build a baseline with ``make()`` and run it once: ``(fn, "")``, or ``(None, "<name> unavailable: …")``."""
+    try:
+        fn = make()
+        fn()
+        return fn, ""
+    except Exception as e:  # noqa: BLE001 - report any failure as unavailable
+        return None, f"{name} unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"

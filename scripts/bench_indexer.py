@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench_common import run_child
+from bench_common import run_child, try_baseline
 
 HBM_PEAK = 3.35e12
 
@@ -64,15 +64,6 @@ def measure_ours(contexts: list[int], batches: list[int]) -> dict[str, float]:
     return res
 
 
-def _try(name: str, make):
-    """Returns (callable or None, reason)."""
-    try:
-        fn = make()
-        fn()
-        return fn, ""
-    except Exception as e:  # noqa: BLE001 - report any failure as unavailable
-        return None, f"{name} unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-
 
 def measure_baselines(contexts: list[int], batches: list[int]) -> tuple[dict[str, float], list[str]]:
     import torch
@@ -108,7 +99,7 @@ def measure_baselines(contexts: list[int], batches: list[int]) -> tuple[dict[str
             "topk_sgl_jit": sgl_jit_topk,
         }
         for key, make in cases.items():
-            fn, why = _try(key, make)
+            fn, why = try_baseline(key, make)
             if fn is None:
                 notes.add(why)
                 continue

@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 
-from bench_common import run_child
+from bench_common import run_child, try_baseline
 
 HBM_PEAK = 3.35e12
 # name -> (N, K, groups); groups > 1 = wo_a einsum ([T, G, K] x [G, N, K])
@@ -189,7 +189,7 @@ def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, floa
         for t in ts:
             tw, ids = _moe_routing(t)
             x = torch.randn(t, MOE_H, device="cuda").bfloat16()
-            fn, why = _try(name, lambda: run(x, tw, ids))  # noqa: B023 - called at once
+            fn, why = try_baseline(name, lambda: run(x, tw, ids))  # noqa: B023 - called at once
             if fn is None:
                 notes.add(why)
                 return
@@ -212,14 +212,6 @@ def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, floa
         torch.cuda.empty_cache()
     return res, hit, sorted(notes)
 
-
-def _try(name: str, make):
-    try:
-        fn = make()
-        fn()
-        return fn, ""
-    except Exception as e:  # noqa: BLE001 - report any failure as unavailable
-        return None, f"{name} unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
 
 
 def measure_baselines(ms: list[int]) -> tuple[dict[str, float], list[str]]:
@@ -254,7 +246,7 @@ def measure_baselines(ms: list[int]) -> tuple[dict[str, float], list[str]]:
             return lambda: torch.einsum("tgd,grd->tgr", o, wbf.view(groups, n, k))
 
         for key, make in {"deepgemm": deepgemm, "sgl_triton": sgl_triton, "torch_bf16": torch_bf16}.items():
-            fn, why = _try(key, make)
+            fn, why = try_baseline(key, make)
             if fn is None:
                 notes.add(why)
                 continue
