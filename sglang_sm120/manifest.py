@@ -1,4 +1,8 @@
-"""The patch manifest (``patches/manifest.toml``): one declarative entry per patch.
+"""The patch manifest: one declarative entry per patch.
+
+``patches/manifest.toml`` holds ``supported_releases`` and the core patches (env defaults,
+emulation, plugin loader, poison); each op's kernel bindings live in ``patches/<op>.toml``
+(same ``[[patch]]`` format, no ``supported_releases``). All files are read as one manifest.
 
 Fields of a ``[[patch]]`` entry:
 
@@ -148,6 +152,17 @@ def _validate(data: dict, source: str) -> Manifest:
 
 @cache
 def load_manifest(path: str | None = None) -> Manifest:
+    """``path`` (default :func:`manifest_path`) plus every other ``*.toml`` beside it, sorted by name."""
     p = Path(path) if path else manifest_path()
     with open(p, "rb") as f:
-        return _validate(tomllib.load(f), str(p))
+        data = tomllib.load(f)
+    data["patch"] = list(data.get("patch", []))
+    for extra in sorted(p.parent.glob("*.toml")):
+        if extra.resolve() == p.resolve():
+            continue
+        with open(extra, "rb") as f:
+            more = tomllib.load(f)
+        if set(more) - {"patch"}:
+            raise ManifestError(f"{extra}: only [[patch]] entries belong here, found {sorted(set(more) - {'patch'})}")
+        data["patch"].extend(more.get("patch", []))
+    return _validate(data, str(p.parent))

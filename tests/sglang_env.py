@@ -47,7 +47,9 @@ def run_py(code: str, version: str | None, env: dict[str, str] | None = None, ti
         pytest.skip(msg)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SGLANG", "CUDA_VISIBLE"))}
     full_env.pop("TRITON_INTERPRET", None)
-    paths = [str(STUBS)]
+    # The checkout first: the installed copy only contributes its .pth line and entry-point metadata,
+    # so tests exercise the code being edited without a reinstall (CI installs this same tree).
+    paths = [str(Path(__file__).resolve().parent.parent), str(STUBS)]
     if version is not None:
         paths.insert(0, str(release_root(version)))
     full_env["PYTHONPATH"] = os.pathsep.join(paths)

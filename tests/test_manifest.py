@@ -52,3 +52,16 @@ def test_rejects_duplicates_and_split_import_families():
 def test_release_of():
     assert release_of("0.5.16.post1") == "0.5.16"
     assert release_of("0.5.12") == "0.5.12"
+
+
+def test_op_files_merge_into_one_manifest(tmp_path):
+    (tmp_path / "manifest.toml").write_text('supported_releases = ["0.5.12"]\n')
+    (tmp_path / "op.toml").write_text(
+        '[[patch]]\nid = "op.f"\nfamily = "op"\nkind = "replace"\ntarget = "m:f"\nimpl = "i:f"\n'
+        'releases = ["0.5.12"]\nwhen = "plugin"\n'
+    )
+    m = load_manifest.__wrapped__(str(tmp_path / "manifest.toml"))
+    assert [p.id for p in m.patches] == ["op.f"]
+    (tmp_path / "bad.toml").write_text('supported_releases = ["0.5.16"]\n')
+    with pytest.raises(ManifestError, match="only \\[\\[patch\\]\\] entries"):
+        load_manifest.__wrapped__(str(tmp_path / "manifest.toml"))
