@@ -232,11 +232,16 @@ def register_plugin_patches(rt: Runtime) -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for family, patches in _selected(rt, "plugin").items():
-        problems = [p for p in (drift_problem(patch) for patch in patches) if p]
+        # A shim stands in for a third-party module (absent, or not to be used): nothing live to check.
+        problems = [p for p in (drift_problem(patch) for patch in patches if patch.kind != "shim") if p]
         if problems:
             _skip_family(rt, family, patches, problems)
             continue
         for patch in patches:
+            if patch.kind == "shim":
+                sys.modules[patch.target] = _import_attr(patch.impl or "")
+                rt.status[patch.id] = PatchStatus("applied", f"sys.modules[{patch.target!r}] = {patch.impl}")
+                continue
             if patch.kind == "poison":
                 from sglang_sm120 import poison
 

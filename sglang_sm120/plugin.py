@@ -30,9 +30,9 @@ def register() -> None:
 
 
 def load_plugins_first(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Around ``ModelRunner.__init__``: make sure SGLang's plugins are loaded in this process.
+    """Around ``ServerArgs.__post_init__`` and ``ModelRunner.__init__``: SGLang's plugins are loaded first.
 
-    ``bench_one_batch`` and scripts build a ModelRunner without ever calling
+    ``bench_one_batch`` and scripts resolve ServerArgs and build a ModelRunner without ever calling
     ``load_plugins()``; SGLang's own guard makes this a no-op where it was called.
     """
     from sglang.srt.plugins import load_plugins

@@ -6,6 +6,8 @@ differs, so logits agree to ~1e-6 relative to the row's largest magnitude (we al
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -29,13 +31,19 @@ def make_q(b: int, next_n: int, device: str = "cpu", seed: int = 1):
     return q.to(device), w.to(device)
 
 
+# mma.sync (DISABLE_MMA_V3=1, the SM12x instruction) and the interpreter accumulate FP8 products in fp32.
+# Hopper's FP8 wgmma (Triton's default on an H100) keeps fewer accumulator mantissa bits, so the
+# relative error there is ~1e-4 of the row's largest logit.
+RTOL = 1e-5 if os.environ.get("DISABLE_MMA_V3") == "1" or not torch.cuda.is_available() else 1e-3
+
+
 def assert_close_logits(out: torch.Tensor, ref: torch.Tensor) -> None:
     fin = torch.isfinite(ref)
     assert torch.equal(torch.isfinite(out), fin)
     assert torch.equal(out[~fin], ref[~fin])
     if fin.any():
         scale = ref[fin].abs().max().clamp_min(1e-6)
-        assert ((out - ref)[fin].abs().max() / scale) < 1e-5
+        assert ((out - ref)[fin].abs().max() / scale) < RTOL
 
 
 @pytest.mark.parametrize(
@@ -182,7 +190,7 @@ def test_gpu_indexer_topk_sets(bs, ctx):
         ref_vals = torch.topk(logits[r, :n], 512).values
         got_vals = logits[r, got.long()].sort(descending=True).values
         assert got.numel() == 512 and got.unique().numel() == 512
-        assert torch.allclose(got_vals, ref_vals, rtol=1e-5, atol=1e-6 * ref_vals.abs().max().item())
+        assert torch.allclose(got_vals, ref_vals, rtol=RTOL, atol=RTOL * ref_vals.abs().max().item())
     slots = pt.long().gather(1, (raw.clamp_min(0) // 64).long()) * 64 + raw.clamp_min(0) % 64
     assert torch.equal(torch.where(raw >= 0, slots, -1).int(), out)
 

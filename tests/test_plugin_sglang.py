@@ -210,3 +210,27 @@ def test_module_poison_wraps_only_the_librarys_own_functions(tmp_path, monkeypat
     finally:
         for name in [m for m in sys.modules if m.startswith("fakekern")]:
             del sys.modules[name]
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_server_args_load_plugins_first(version):
+    """bench_one_batch resolves ServerArgs before anything calls load_plugins(): our hooks on SGLang's
+    model-specific defaults (e.g. the DSV4 MoE runner) must be registered by then."""
+    code = """
+import json
+import sglang.srt.plugins as plugins
+from sglang.srt.server_args import ServerArgs
+from sglang_sm120 import dispatch
+before = plugins._plugins_loaded
+try:
+    ServerArgs(model_path="/nonexistent-model")
+except Exception:
+    pass  # resolving defaults for a missing model fails later on a CPU box; the hook ran first
+st = dispatch.runtime().status
+print(json.dumps({"before": before, "after": plugins._plugins_loaded,
+                  "state": st["plugin-loader-args.server-args@" + VERSION].state}))
+""".replace("VERSION", repr(version))
+    proc = run_py(code, version, {"SGLANG_SM120": "emulate", "SGLANG_SM120_ASSUME_GPUS": "9.0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"before": False, "after": True, "state": "applied"}

@@ -13,7 +13,7 @@ applies the sink.  No host syncs, no allocation in :func:`sparse_mla_fwd`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -251,7 +251,7 @@ def choose_num_splits(num_rows: int, num_heads: int, topk: int, extra_topk: int,
     cfg = _CFG_DECODE
     programs = num_rows * triton.cdiv(num_heads, cfg.block_h)
     sms = num_sms(device)
-    if programs >= sms:
+    if programs == 0 or programs >= sms:
         return 1
     blocks = triton.cdiv(topk, cfg.block_n) + triton.cdiv(extra_topk, cfg.block_n)
     return max(1, min(triton.cdiv(sms, programs), blocks, MAX_SPLITS))
@@ -283,7 +283,8 @@ def workspace_for(max_rows: int, num_heads: int, topk: int, extra_topk: int,
     Allocate once before CUDA-graph capture; pass ``choose_num_splits(T, ...)`` as ``num_splits``.
     """
     device = torch.device(device)
-    need = max(r * choose_num_splits(r, num_heads, topk, extra_topk, device) for r in range(1, max_rows + 1))
+    splits = (choose_num_splits(r, num_heads, topk, extra_topk, device) for r in range(1, max_rows + 1))
+    need = max((r * s for r, s in enumerate(splits, 1) if s > 1), default=0)  # 1 split needs no workspace
     return SparseMLAWorkspace.allocate(need * num_heads, device)
 
 
@@ -413,26 +414,33 @@ def sparse_mla_fwd(
 # ----------------------------------------------------------------------------- FlashMLA-compatible API
 
 
-@dataclass
+_SHARED_WORKSPACES: dict[tuple[torch.device, int], SparseMLAWorkspace] = {}
+
+
+def shared_workspace(num_heads: int, device: torch.device) -> SparseMLAWorkspace:
+    """Split-K workspace of :func:`flash_mla_with_kvcache` for ``num_heads`` heads on ``device``.
+
+    Sized for :func:`choose_num_splits` at every row count and top-k (fewer than 32 x SMs
+    (row, head, split) triples of 2 KB: ~8 MB on an H100, ~12 MB on an RTX PRO 6000), allocated
+    on first use and never replaced, so CUDA graphs captured earlier keep valid pointers whatever
+    batch sizes come later.  The first call per (device, head count) must be outside capture.
+    """
+    key = (device, num_heads)
+    ws = _SHARED_WORKSPACES.get(key)
+    if ws is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"sparse_mla: no split-K workspace yet for {num_heads} heads on {device} during CUDA-graph "
+                "capture; run one eager call first (SGLang's capture warm-up does) or use sparse_mla_fwd"
+            )
+        ws = workspace_for(num_sms(device), num_heads, MAX_SPLITS * _CFG_DECODE.block_n, 0, device)
+        _SHARED_WORKSPACES[key] = ws
+    return ws
+
+
 class SparseMLASchedMeta:
-    """Stand-in for ``FlashMLASchedMeta``: holds the split-K workspace (grown outside capture)."""
-
-    workspaces: dict[torch.device, SparseMLAWorkspace] = field(default_factory=dict)
-
-    def workspace(self, rows: int, heads: int, splits: int, device: torch.device) -> SparseMLAWorkspace:
-        ws = self.workspaces.get(device)
-        if ws is None or ws.capacity < rows * heads * splits:
-            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError(
-                    "sparse_mla: split-K workspace must be sized before CUDA-graph capture "
-                    f"(need {rows}x{heads}x{splits}); run the shape eagerly first or use sparse_mla_fwd"
-                )
-            ws = SparseMLAWorkspace.allocate(rows * heads * splits, device)
-            self.workspaces[device] = ws
-        return ws
-
-
-_DEFAULT_META = SparseMLASchedMeta()
+    """Stand-in for ``FlashMLASchedMeta``: stateless (SGLang recreates these every forward, also
+    during CUDA-graph capture); the split-K workspace is per device, see :func:`shared_workspace`."""
 
 
 def get_mla_metadata(*args, **kwargs) -> tuple[SparseMLASchedMeta, None]:
@@ -463,8 +471,8 @@ def flash_mla_with_kvcache(
     q ``[B, s_q, H, 512]`` bf16; k_cache ``[pages, P, 1, 584]`` uint8/fp8 view; indices
     ``[B, s_q, K]`` int32; topk_length ``[B]`` int32; attn_sink ``[H]`` fp32; extra_* likewise.
     Returns out ``[B, s_q, H, 512]`` bf16 and lse ``[B, H, s_q]`` fp32 (a transposed view).
-    Allocates ``out``/``lse`` per call like FlashMLA; the split workspace lives in
-    ``tile_scheduler_metadata`` and is sized on the first (eager) call of a shape.
+    Allocates ``out``/``lse`` per call like FlashMLA; ``tile_scheduler_metadata`` is accepted and
+    ignored, the split workspace is :func:`shared_workspace` (first call per head count eager).
     """
     if indices is None or block_table is not None or cache_seqlens is not None or causal:
         raise ValueError("indices: sparse mode only (indices [B, s_q, topk] int32, no block_table/causal)")
@@ -497,8 +505,7 @@ def flash_mla_with_kvcache(
         lse2 = torch.empty(rows, heads, dtype=torch.float32, device=q.device)
         extra_topk = 0 if eidx is None else eidx.shape[-1]
         splits = choose_num_splits(rows, heads, idx.shape[-1], extra_topk, q.device)
-        meta = tile_scheduler_metadata if tile_scheduler_metadata is not None else _DEFAULT_META
-        ws = meta.workspace(rows, heads, splits, q.device) if splits > 1 else None
+        ws = shared_workspace(heads, q.device) if splits > 1 else None
         sparse_mla_fwd(
             q3, k_cache, idx, topk_length, attn_sink, extra_k_cache, eidx, extra_topk_length,
             out3, lse2, ws, splits, scale, rows_per_length=s_q,
@@ -508,5 +515,5 @@ def flash_mla_with_kvcache(
 
 __all__ = [
     "MAX_SPLITS", "SparseMLASchedMeta", "SparseMLAWorkspace", "choose_num_splits", "flash_mla_with_kvcache",
-    "get_mla_metadata", "sparse_mla_fwd", "workspace_for",
+    "get_mla_metadata", "shared_workspace", "sparse_mla_fwd", "workspace_for",
 ]

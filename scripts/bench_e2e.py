@@ -1,0 +1,130 @@
+"""End-to-end DeepSeek-V4 step times through real SGLang: native SM90 path vs the emulated plugin path.
+
+    python scripts/bench_e2e.py [--batch-sizes 1 8 32] [--input-len 256] [--decode-steps 16] [--repeats 3]
+                                [--out bench_e2e.md] [--workdir DIR]
+
+The tiny real-dimension model of ``sglang-sm120 smoke`` (4 layers: SWA, C4, C128, C4; 256 MXFP4 experts;
+seeded dummy weights) runs in one child process per path, each building a ``ModelRunner`` as
+``bench_one_batch`` does, with decode CUDA graphs for exactly these batch sizes, on the same GPU in one run:
+
+* ``native``: ``SGLANG_SM120=off`` (SGLang's SM90 kernels; FP4 experts dequantized to FP8 at load);
+* ``emulated``: ``SGLANG_SM120=emulate``, ``DISABLE_MMA_V3=1`` (our kernels with the SM12x instruction mix,
+  ``mma.sync``; the headline);
+* ``emulated-wgmma``: ``SGLANG_SM120=emulate`` with Triton free to use wgmma on Hopper.
+
+Per batch size: one warm-up round, then ``repeats`` rounds of a prefill (``input-len`` tokens per request)
+and ``decode-steps`` decode steps; the table shows medians in ms (host overhead included, as in
+``bench_one_batch``) and emulated/native ratios (target <= 1.25). Needs a CUDA GPU (exit 2 without one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from typing import Any
+
+from sglang_sm120 import smoke
+
+TARGET = 1.25
+CONFIGS = (smoke.NATIVE, smoke.EMULATED, smoke.EMULATED_WGMMA)
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None:
+        return "-"
+    r = value / base
+    return f"{r:.2f}" + ("" if r <= TARGET else " (!)")
+
+
+def _ms(res: dict[str, Any] | None, bs: int, key: str) -> float | None:
+    return res["bench"][bs][key] if res is not None else None
+
+
+def markdown(results: dict[str, dict[str, Any] | None], errors: dict[str, str], args: argparse.Namespace) -> str:
+    """The report: one table for decode steps, one for prefill, ratios against ``native``."""
+    ran = next((r for r in results.values() if r is not None), None)
+    device = f"{ran['device']}, SGLang {ran['sglang']}, torch {ran['torch']}" if ran else "unknown device"
+    lines = [
+        "# End-to-end DeepSeek-V4 step times: emulated plugin path vs native SM90",
+        "",
+        f"{device}; {time.strftime('%Y-%m-%d')}; `python scripts/bench_e2e.py "
+        + " ".join(sys.argv[1:]) + "`",
+        f"Model: tiny DeepSeek-V4 ({args.layers} layers, compress ratios "
+        f"{smoke.tiny_config(args.layers)['compress_ratios'][:-1]}, hidden 4096, 64 heads x 512, 256 MXFP4 experts,"
+        f" top-6), seeded dummy weights; prefill {args.input_len} tokens per request; decode CUDA graphs; "
+        f"medians over {args.repeats} rounds ({args.decode_steps} decode steps each). Ratios emulated/native, "
+        f"target <= {TARGET} ((!) = above).",
+        "",
+    ]
+    for cfg in CONFIGS:
+        state = f" — **failed**: {errors[cfg.name]}" if cfg.name in errors else ""
+        lines.append(f"- `{cfg.name}`: {cfg.note}" + (state if cfg.name in results else " (not run)"))
+    native = results.get(smoke.NATIVE.name)
+    for title, key in (("Decode step (ms)", "decode_ms"), ("Prefill (ms)", "prefill_ms")):
+        head = ["bs", "native"]
+        for cfg in CONFIGS[1:]:
+            head += [cfg.name, "ratio"]
+        rows = [head, ["---"] * len(head)]
+        for bs in args.batch_sizes:
+            base = _ms(native, bs, key)
+            row = [str(bs), f"{base:.3f}" if base is not None else "-"]
+            for cfg in CONFIGS[1:]:
+                val = _ms(results.get(cfg.name), bs, key)
+                row += [f"{val:.3f}" if val is not None else "-", _ratio(val, base)]
+            rows.append(row)
+        lines += ["", f"### {title}", ""] + ["| " + " | ".join(r) + " |" for r in rows]
+    no_graph = [f"{name} bs {bs}" for name, res in results.items() if res is not None
+                for bs in args.batch_sizes if not res["bench"][bs]["graph"]]
+    if no_graph:
+        lines += ["", "Decode did NOT replay a CUDA graph for: " + ", ".join(no_graph)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--input-len", type=int, default=256)
+    ap.add_argument("--decode-steps", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=540, help="seconds per child process")
+    ap.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS], default=[c.name for c in CONFIGS])
+    ap.add_argument("--out", default="bench_e2e.md", help="markdown report (default bench_e2e.md)")
+    ap.add_argument("--workdir", help="keep the model and per-child results here (default: temporary)")
+    args = ap.parse_args(argv)
+    args.batch_sizes = sorted(set(args.batch_sizes))
+    if (rc := smoke.require_gpu("bench_e2e.py")) is not None:
+        return rc
+    workdir, temporary = smoke.workdir_for(args.workdir)
+    results: dict[str, dict[str, Any] | None] = {}
+    errors: dict[str, str] = {}
+    try:
+        model_dir = smoke.write_tiny_model(workdir / "tiny-dsv4", args.layers)
+        spec = {"job": "bench", "seed": args.seed, "batch_sizes": args.batch_sizes,
+                "input_len": args.input_len, "decode_steps": args.decode_steps, "repeats": args.repeats,
+                "server_args": smoke.server_argv(model_dir, args.batch_sizes, args.seed,
+                                                 context_length=max(4096, 2 * (args.input_len + args.decode_steps)))}
+        for cfg in CONFIGS:
+            if cfg.name not in args.configs:
+                continue
+            try:
+                results[cfg.name] = smoke.run_child(cfg, spec, workdir, args.timeout)
+            except RuntimeError as exc:
+                results[cfg.name] = None
+                errors[cfg.name] = str(exc)
+    finally:
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report = markdown(results, errors, args)
+    print("\n" + report, flush=True)
+    with open(args.out, "w") as f:
+        f.write(report)
+    smoke.log(f"bench_e2e: report saved to {args.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
