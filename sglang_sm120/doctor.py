@@ -134,6 +134,13 @@ def render(report: dict[str, Any]) -> str:
     for p in report["patches"]:
         rows.append([p["id"], p["family"], p["kind"], p["when"], p["state"], p["reason"]])
     lines += ["", _table(rows)]
+    taken: dict[str, str] = {}
+    for p in report["patches"]:
+        if p["kind"] in ("replace", "around", "shim") and p["state"] in ("applied", "registered") and p["why"]:
+            taken.setdefault(p["family"], p["why"])
+    if taken:
+        lines += ["", f"routed to sglang-sm120 on SGLang {pl['release']} (family: why):"]
+        lines += [f"  {fam}: {why}" for fam, why in taken.items()]
     counts: dict[str, int] = {}
     for p in report["patches"]:
         counts[p["state"]] = counts.get(p["state"], 0) + 1

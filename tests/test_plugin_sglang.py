@@ -178,6 +178,20 @@ def test_doctor_lists_patches_under_emulate():
     assert states["poison-sglang-jit.indexer-metadata@0.5.16"] == "skipped"
 
 
+def test_doctor_says_what_is_routed_to_us_on_0_5_16():
+    proc = run_py(
+        "import sys; from sglang_sm120.doctor import main; sys.exit(main([]))",
+        "0.5.16",
+        {"SGLANG_SM120": "emulate", "SGLANG_SM120_ASSUME_GPUS": "9.0"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    routed = proc.stdout.split("routed to sglang-sm120 on SGLang 0.5.16 (family: why):")[1].split("\n\n")[0]
+    families = {line.split(":")[0].strip() for line in routed.strip().splitlines()}
+    # kernel families whose targets import on a CPU machine (tilelang-backed ones apply on the GPU machine)
+    assert {"attention", "topk", "fp8-gemm-dense", "mhc"} <= families, routed
+    assert all(line.split(":", 1)[1].strip() for line in routed.strip().splitlines())  # each says why
+
+
 def test_module_poison_wraps_only_the_librarys_own_functions(tmp_path, monkeypatch):
     """``names = ["*"]`` must not take re-exported helpers such as ``typing.Optional`` with it."""
     import sys
