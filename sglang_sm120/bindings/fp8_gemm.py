@@ -16,7 +16,6 @@ from sglang_sm120.kernels import fp8_gemm as kernel
 from sglang_sm120.reference.fp8_gemm import fp8_einsum_ref, w8a8_block_fp8_linear_ref
 
 KERNEL_BLOCKS = ((128, 128), (32, 32))  # DSV4 (128) and DSV4.1 (32) weight blocks
-_SCALE_DTYPES = (torch.float32, torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
 
 
 def w8a8_block_fp8_linear(
@@ -70,20 +69,5 @@ def fp8_einsum_block_scaled(
     if d.is_cuda:
         kernel.fp8_einsum(expr, a, b, d, c, recipe=(1, 1, block))
         return
-    if expr != "bhr,hdr->bhd":
-        raise ValueError(f"expr: only 'bhr,hdr->bhd' is supported, got {expr!r}")
-    if c is not None:
-        raise ValueError("c: accumulation into d is not supported (must be None)")
-    (a8, sa), (b8, sb) = a, b
-    if a8.dim() != 3 or b8.dim() != 3 or a8.shape[1] != b8.shape[0] or a8.shape[2] != b8.shape[2]:
-        raise ValueError(f"a/b: expected [T, G, K] and [G, N, K], got {list(a8.shape)} and {list(b8.shape)}")
-    t, g, k = a8.shape
-    n = b8.shape[1]
-    kb = -(-k // block)
-    if n % block or sb.dtype not in _SCALE_DTYPES or sb.numel() != g * (n // block) * kb:
-        raise ValueError(f"b scale: expected [{g}, {n // block}, {kb}] raw block scales (fp32 or UE8M0), "
-                         f"got {list(sb.shape)} {sb.dtype}")
-    if tuple(sa.shape) != (t, g, kb) or tuple(d.shape) != (t, g, n):
-        raise ValueError(f"a scale / d: expected [{t}, {g}, {kb}] and [{t}, {g}, {n}], "
-                         f"got {list(sa.shape)} and {list(d.shape)}")
-    d.copy_(fp8_einsum_ref(a8, sa, b8, sb.reshape(g, n // block, kb), block))
+    scales = kernel.check_fp8_einsum_args(expr, a, b, d, c, block)
+    d.copy_(fp8_einsum_ref(a[0], a[1], b[0], scales, block))

@@ -136,10 +136,17 @@ def layer_hc_pre(
     hc_base: torch.Tensor,
     norm: Any,
     pre: Any = mhc_pre,
+    empty_mix_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """Body of ``DeepseekV4DecoderLayer.hc_pre`` on a non-empty batch: ``x [T, 4, H]`` bf16 ->
-    ``(y [T, H] bf16, post [T, 4] fp32, comb [T, 4, 4] fp32, norm_fused)``; with ``norm`` (an RMSNorm)
-    ``y`` is already normed, as on SGLang's TileLang path.  ``pre`` is the release's ``mhc_pre`` binding."""
+    """Body of ``DeepseekV4DecoderLayer.hc_pre``: ``x [T, 4, H]`` bf16 -> ``(y [T, H] bf16, post [T, 4] fp32,
+    comb [T, 4, 4] fp32, norm_fused)``; with ``norm`` (an RMSNorm) ``y`` is already normed, as on SGLang's
+    TileLang path.  ``pre`` is the release's ``mhc_pre`` binding; an empty batch returns empty ``post`` /
+    ``comb`` in ``empty_mix_dtype`` (the release's upstream choice) and ``norm_fused`` False."""
+    if x.shape[0] == 0:
+        y = torch.empty((0, x.shape[-1]), dtype=x.dtype, device=x.device)
+        post = torch.empty((0, layer.hc_mult), dtype=empty_mix_dtype, device=x.device)
+        comb = torch.empty((0, layer.hc_mult, layer.hc_mult), dtype=empty_mix_dtype, device=x.device)
+        return y, post, comb, False
     norm_kwargs = {} if norm is None else {"norm_weight": norm.weight.data, "norm_eps": norm.variance_epsilon}
     post, comb, y = pre(
         x, hc_fn, hc_scale, hc_base, layer.rms_norm_eps, layer.hc_eps, layer.hc_eps, HC_POST_MULT,

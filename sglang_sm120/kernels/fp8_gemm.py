@@ -437,13 +437,32 @@ def fp8_einsum(
     i.e. SGLang's ``_setup_fp8_wo_a_scales`` transform must be skipped; d ``[T, G, N]`` bf16 (N contiguous),
     written in place. ``recipe`` (1, 1, 32) selects V4.1's 32x32 blocks.
     """
+    if tuple(recipe) not in ((1, 1, 128), (1, 1, 32)):
+        raise ValueError(f"recipe: expected (1, 1, 128) or (1, 1, 32), got {tuple(recipe)}")
+    blk = recipe[2]
+    sb3 = check_fp8_einsum_args(expr, a, b, d, c, blk)
+    e8m0 = sb3.dtype != torch.float32
+    (a8, sa), (b8, _) = a, b
+    _launch(
+        _fp8("a", a8).transpose(0, 1), sa.transpose(0, 1), _fp8("b", b8), sb3.view(torch.uint8) if e8m0 else sb3,
+        d.transpose(0, 1), blk, e8m0, workspace,
+    )
+
+
+def check_fp8_einsum_args(
+    expr: str,
+    a: tuple[torch.Tensor, torch.Tensor],
+    b: tuple[torch.Tensor, torch.Tensor],
+    d: torch.Tensor,
+    c: torch.Tensor | None,
+    blk: int,
+) -> torch.Tensor:
+    """Validates :func:`fp8_einsum`'s operands for ``blk`` x ``blk`` blocks (also for the PyTorch
+    reference path) and returns b's raw block scales viewed ``[G, N/blk, ceil(K/blk)]`` (fp32 or UE8M0)."""
     if expr != "bhr,hdr->bhd":
         raise ValueError(f"expr: only 'bhr,hdr->bhd' is supported, got {expr!r}")
     if c is not None:
         raise ValueError("c: accumulation into d is not supported (must be None)")
-    if tuple(recipe) not in ((1, 1, 128), (1, 1, 32)):
-        raise ValueError(f"recipe: expected (1, 1, 128) or (1, 1, 32), got {tuple(recipe)}")
-    blk = recipe[2]
     (a8, sa), (b8, sb) = a, b
     if a8.dim() != 3 or b8.dim() != 3 or a8.shape[1] != b8.shape[0] or a8.shape[2] != b8.shape[2]:
         raise ValueError(f"a/b: expected [T, G, K] and [G, N, K], got {list(a8.shape)} and {list(b8.shape)}")
@@ -455,11 +474,9 @@ def fp8_einsum(
     if sa.dtype != torch.float32 or tuple(sa.shape) != (t, g, kb):
         raise ValueError(f"a scale: expected [{t}, {g}, {kb}] float32, got {list(sa.shape)} {sa.dtype}")
     if sb.numel() != g * (n // blk) * kb:
-        raise ValueError(f"b scale: expected [{g}, {n // blk}, {kb}] block scales, got {list(sb.shape)}")
-    sb3, e8m0 = _weight_scale("b scale", sb.reshape(g, n // blk, kb), (g, n // blk, kb))
+        raise ValueError(f"b scale: expected [{g}, {n // blk}, {kb}] raw block scales, got {list(sb.shape)}")
+    sb3 = sb.reshape(g, n // blk, kb)
+    _weight_scale("b scale", sb3, (g, n // blk, kb))
     if tuple(d.shape) != (t, g, n) or d.dtype != torch.bfloat16 or d.stride(2) != 1:
         raise ValueError(f"d: expected [{t}, {g}, {n}] bfloat16 (last dim contiguous), got {list(d.shape)}")
-    _launch(
-        _fp8("a", a8).transpose(0, 1), sa.transpose(0, 1), _fp8("b", b8), sb3, d.transpose(0, 1),
-        blk, e8m0, workspace,
-    )
+    return sb3

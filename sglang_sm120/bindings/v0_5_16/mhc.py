@@ -118,12 +118,7 @@ def hc_pre(
     """``DeepseekV4DecoderLayer.hc_pre``: ``x [T, 4, H]`` bf16 -> ``(y [T, H] bf16, post [T, 4] fp32,
     comb [T, 4, 4] fp32, norm_fused)``; one fused pre-norm GEMM + Sinkhorn + weighted sum (+ the RMSNorm
     ``norm`` when given, then ``norm_fused`` is True)."""
-    if x.shape[0] == 0:
-        y = torch.empty((0, x.shape[-1]), dtype=x.dtype, device=x.device)
-        post = torch.empty((0, self.hc_mult), dtype=torch.float32, device=x.device)
-        comb = torch.empty((0, self.hc_mult, self.hc_mult), dtype=torch.float32, device=x.device)
-        return y, post, comb, False
-    return shared.layer_hc_pre(self, x, hc_fn, hc_scale, hc_base, norm, pre=mhc_pre)
+    return shared.layer_hc_pre(self, x, hc_fn, hc_scale, hc_base, norm, pre=mhc_pre, empty_mix_dtype=torch.float32)
 
 
 def hc_post(self: Any, x: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
