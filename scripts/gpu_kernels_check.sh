@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OPS=${OPS:-"sparse_mla indexer topk mhc fp8_gemm moe_mxfp4"}
 MMA=${MMA:-"off"}        # off = DISABLE_MMA_V3=1 (SM12x-style mma.sync), on = Triton default
-BENCH=${BENCH:-"sparse_mla indexer mhc moe_gemm"}
+BENCH=${BENCH-"sparse_mla indexer mhc moe_gemm"}  # BENCH="" runs no benchmark
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
 

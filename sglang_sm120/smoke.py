@@ -1,4 +1,4 @@
-"""``sglang-sm120 smoke``: end-to-end CUDA-graph smoke test of DeepSeek-V4 through real SGLang (0.5.16).
+"""``sglang-sm120 smoke``: end-to-end CUDA-graph smoke test of DeepSeek-V4 through real SGLang (0.5.16, 0.5.12).
 
 It writes a tiny DeepSeek-V4 (real head geometry: 64 heads x 512 = 448 NoPE + 64 RoPE, window 128, index_topk
 512, hidden 4096, 256 experts; layers SWA-only / C4 / C128, the first two hash-routed, MXFP4 experts) plus a
@@ -16,8 +16,9 @@ word-level tokenizer with a chat template, and runs it with ``--load-format dumm
   answer 200 with non-empty text and finite logprobs; then a clean shutdown.
 
 Dummy weights: SGLang's dummy loader fills floating parameters with U(-1e-3, 1e-3) and leaves integer ones
-alone, so :func:`install_refill` wraps ``initialize_dummy_weights`` (it runs before ``post_load_weights`` and
-``process_weights_after_loading`` in 0.5.16) and :func:`refill_weights` rewrites every parameter from a seed,
+alone, so :func:`install_refill` refills the model right after the loader builds it (before
+``process_weights_after_loading``, which 0.5.12 runs before its dummy init) and :func:`refill_weights` rewrites
+every parameter from a seed,
 keyed by parameter name, so both paths get the same logical weights: FP8 linears as e4m3 values with UE8M0
 (power-of-two) 128x128 block scales, and the same values dequantized where a path keeps a weight in BF16 (e.g.
 ``wo_a`` under ``SGLANG_OPT_FP8_WO_A_GEMM=0``); MXFP4 expert bytes with UE8M0 scales (fp32 powers of two or
@@ -27,7 +28,8 @@ Native MoE choice: on SM90 SGLang 0.5.16 has no working FP4-expert runner under 
 Triton fails with "Hidden size mismatch"; ``marlin`` did not finish capture), so the native child sets
 ``SGLANG_DSV4_FP4_DEQUANT=1``: ``Fp8MoEMethod`` converts the same FP4 bytes + UE8M0 scales to FP8 blocks at
 load (``cast_e2m1fn_to_e4m3fn``, lossless for our scales: per 128x128 block they span 2x) and runs the Triton
-FP8 fused MoE.
+FP8 fused MoE. 0.5.12 has no such switch: its native child runs ``--moe-runner-backend marlin``
+(``Mxfp4MarlinMoEMethod``, SM90 Marlin on the same FP4 bytes).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 
 SEED_ENV = "SGLANG_SM120_SMOKE_SEED"
 REPORT_ENV = "SGLANG_SM120_SMOKE_REPORT"
-LOADER_MODULE = "sglang.srt.model_loader.loader"  # 0.5.16: dummy init, then post_load, then process_weights
+LOADER_MODULE = "sglang.srt.model_loader.loader"
 NO_GPU_EXIT = 2
 VOCAB_SIZE = 129280
 SPECIAL_TOKENS = ("<s>", "</s>", "<unk>")
@@ -308,24 +310,39 @@ def _plugin_state() -> dict[str, Any]:
 
 
 def install_refill(seed: int, report: str | None = None, module: str = LOADER_MODULE) -> None:
-    """Wrap ``initialize_dummy_weights`` of SGLang's loader ``module`` (once it executes) so that every
-    dummy-loaded model is refilled by :func:`refill_weights`; with ``report`` a JSON line per model is appended
-    there."""
+    """Make every dummy-loaded model in this process carry the seeded weights of :func:`refill_weights`.
+
+    SGLang's loader ``module`` (once it executes) gets ``_initialize_model`` wrapped: for ``--load-format
+    dummy`` the freshly built model gets the loader's own dummy init, then the refill, *before* the loader's
+    ``process_weights_after_loading`` pass (0.5.12 runs that pass before its dummy init, 0.5.16 after); the
+    loader's later ``initialize_dummy_weights`` call skips a refilled model. With ``report`` a JSON line per
+    model is appended there."""
     from sglang_sm120 import hooks
 
     def patch(loader: Any) -> None:
-        original = loader.initialize_dummy_weights
+        build, dummy_init = loader._initialize_model, loader.initialize_dummy_weights
 
-        def initialize_then_refill(model: Any, *args: Any, **kwargs: Any) -> None:
-            original(model, *args, **kwargs)
+        def build_then_refill(*args: Any, **kwargs: Any) -> Any:
+            model = build(*args, **kwargs)
+            load_config = kwargs.get("load_config", args[1] if len(args) > 1 else None)
+            if "dummy" not in str(getattr(load_config, "load_format", "")).lower():
+                return model
+            dummy_init(model)
             t0 = time.monotonic()
             counts = refill_weights(model, seed)
+            model._sm120_smoke_refilled = True
             log(f"refilled dummy weights (seed {seed}) in {time.monotonic() - t0:.1f}s: {counts}")
             if report:
                 with open(report, "a") as f:
                     f.write(json.dumps({"pid": os.getpid(), "counts": counts, "plugin": _plugin_state()}) + "\n")
+            return model
 
-        loader.initialize_dummy_weights = initialize_then_refill
+        def dummy_init_unless_refilled(model: Any, *args: Any, **kwargs: Any) -> None:
+            if not getattr(model, "_sm120_smoke_refilled", False):
+                dummy_init(model, *args, **kwargs)
+
+        loader._initialize_model = build_then_refill
+        loader.initialize_dummy_weights = dummy_init_unless_refilled
 
     hooks.when_imported(module, patch)
 
@@ -357,6 +374,20 @@ EMULATED_WGMMA = PathConfig("emulated-wgmma", {"SGLANG_SM120": "emulate", "SGLAN
 PATHS = {p.name: p for p in (NATIVE, EMULATED, EMULATED_WGMMA)}
 
 
+def path_server_args(path: PathConfig, release: str | None) -> list[str]:
+    """Release-specific server arguments of a path: 0.5.12's native FP4 experts run on Marlin (module docstring)."""
+    return ["--moe-runner-backend", "marlin"] if path is NATIVE and release == "0.5.12" else []
+
+
+def installed_sglang() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def child_env(path: PathConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
     env.update(COMMON_ENV)
@@ -384,7 +415,8 @@ def run_child(path: PathConfig, spec: dict[str, Any], workdir: Path, timeout: fl
     output with a ``[name]`` prefix; returns the result dict it saved (``torch.load``)."""
     import torch
 
-    spec = {**spec, "label": path.name, "out": str(result_path(workdir, spec["job"], path))}
+    spec = {**spec, "label": path.name, "out": str(result_path(workdir, spec["job"], path)),
+            "server_args": [*spec["server_args"], *path_server_args(path, installed_sglang())]}
     spec_file = workdir / f"{spec['job']}-{path.name}.json"
     spec_file.write_text(json.dumps(spec))
     Path(spec["out"]).unlink(missing_ok=True)

@@ -173,33 +173,54 @@ def test_refill_rejects_mismatched_scales() -> None:
         smoke.refill_weights(m, seed=0)
 
 
-def test_install_refill_runs_after_the_loaders_dummy_init(tmp_path: Path) -> None:
-    """In a fresh interpreter: a loader module whose ``initialize_dummy_weights`` fills U(-1e-3, 1e-3) is
-    wrapped at import; the refill (and its report line) follow the original."""
-    (tmp_path / "fake_loader.py").write_text(textwrap.dedent("""
+@pytest.mark.parametrize("order", ["0.5.12", "0.5.16"])
+def test_install_refill_precedes_weight_processing(tmp_path: Path, order: str) -> None:
+    """In a fresh interpreter: a loader module shaped like SGLang's (``_initialize_model``,
+    ``initialize_dummy_weights`` filling U(-1e-3, 1e-3), a processing pass that doubles the weights, in 0.5.12's
+    or 0.5.16's order) is wrapped at import: the model is refilled once, before processing, whatever the order;
+    a non-dummy load is left alone."""
+    (tmp_path / "fake_loader.py").write_text(textwrap.dedent(f"""
         import torch
+        from torch import nn
         def initialize_dummy_weights(model, low=-1e-3, high=1e-3):
             for p in model.parameters():
                 if p.dtype.is_floating_point:
                     p.data.uniform_(low, high)
+        def _initialize_model(model_config, load_config, quant_config=None):
+            m = nn.Module(); m.norm = nn.Module(); m.norm.weight = nn.Parameter(torch.empty(64))
+            return m
+        def process(model):
+            model.norm.weight.data *= 2
+        def load_model(load_format):
+            model = _initialize_model(None, type("LoadConfig", (), {{"load_format": load_format}})())
+            if {order!r} == "0.5.12":
+                process(model)
+                initialize_dummy_weights(model)
+            else:
+                initialize_dummy_weights(model)
+                process(model)
+            return model
     """))
     report = tmp_path / "report.jsonl"
     code = f"""
         import json, torch
-        from torch import nn
         from sglang_sm120 import smoke
         smoke.install_refill(3, {str(report)!r}, module="fake_loader")
         import fake_loader
-        m = nn.Module(); m.norm = nn.Module(); m.norm.weight = nn.Parameter(torch.empty(64))
-        fake_loader.initialize_dummy_weights(m)
-        print(json.dumps(float(m.norm.weight.mean())))
+        dummy = fake_loader.load_model("LoadFormat.DUMMY")
+        real = fake_loader.load_model("auto")
+        print(json.dumps([float(dummy.norm.weight.mean()), float(real.norm.weight.abs().max())]))
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert abs(json.loads(proc.stdout.strip().splitlines()[-1]) - 1) < 0.1
-    entry = json.loads(report.read_text().splitlines()[-1])
+    dummy_mean, real_max = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert abs(dummy_mean - 2) < 0.2  # refilled near 1, then doubled by processing
+    assert 0 < real_max <= 2e-3 * 2  # the non-dummy load: the loader's own dummy init only
+    lines = report.read_text().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
     assert entry["counts"] == {"norm": 1} and entry["plugin"]["enabled"] is False
 
 
@@ -347,3 +368,9 @@ def test_smoke_inprocess_on_gpu(tmp_path: Path) -> None:
     print(proc.stdout[-20000:])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "in-process smoke: PASS" in proc.stdout
+
+
+def test_native_path_runs_marlin_only_on_0_5_12() -> None:
+    assert smoke.path_server_args(smoke.NATIVE, "0.5.12") == ["--moe-runner-backend", "marlin"]
+    assert smoke.path_server_args(smoke.NATIVE, "0.5.16") == []
+    assert smoke.path_server_args(smoke.EMULATED, "0.5.12") == []
