@@ -1,7 +1,7 @@
 """End-to-end DeepSeek-V4 step times through real SGLang: native SM90 path vs the emulated plugin path.
 
     python scripts/bench_e2e.py [--batch-sizes 1 8 32] [--input-len 256] [--decode-steps 16] [--repeats 3]
-                                [--out bench_e2e.md] [--workdir DIR]
+                                [--check] [--out bench_e2e.md] [--workdir DIR]
 
 The tiny real-dimension model of ``sglang-sm120 smoke`` (4 layers: SWA, C4, C128, C4; 256 MXFP4 experts;
 seeded dummy weights) runs in one child process per path, each building a ``ModelRunner`` as
@@ -14,7 +14,10 @@ seeded dummy weights) runs in one child process per path, each building a ``Mode
 
 Per batch size: one warm-up round, then ``repeats`` rounds of a prefill (``input-len`` tokens per request)
 and ``decode-steps`` decode steps; the table shows medians in ms (host overhead included, as in
-``bench_one_batch``) and emulated/native ratios (target <= 1.25). Needs a CUDA GPU (exit 2 without one).
+``bench_one_batch``) and emulated/native ratios (target <= 1.25). ``--check`` also runs the in-process smoke
+comparison (``sglang-sm120 smoke --mode inprocess``: bs 1..``--check-max-bs``, teacher-forced greedy decode,
+same tolerance) in the same child processes, so one startup and one graph capture per path serve both; exit 1
+if it fails. Needs a CUDA GPU (exit 2 without one).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from sglang_sm120 import smoke
 
 TARGET = 1.25
+TOLERANCE = smoke.Tolerance()
 CONFIGS = (smoke.NATIVE, smoke.EMULATED, smoke.EMULATED_WGMMA)
 
 
@@ -42,7 +46,37 @@ def _ms(res: dict[str, Any] | None, bs: int, key: str) -> float | None:
     return res["bench"][bs][key] if res is not None else None
 
 
-def markdown(results: dict[str, dict[str, Any] | None], errors: dict[str, str], args: argparse.Namespace) -> str:
+def check(results: dict[str, dict[str, Any] | None], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``--check``: each emulated path's logits vs native (:func:`smoke.comparison_table`); (report lines,
+    problems)."""
+    native = results.get(smoke.NATIVE.name)
+    lines: list[str] = []
+    problems: list[str] = []
+    graph_bs = sorted({*_check_bs(args), *args.batch_sizes})
+    for cfg in CONFIGS:
+        res = results.get(cfg.name)
+        if res is None:
+            continue
+        problems += smoke.check_child(cfg.name, res, cfg, graph_bs)
+        if cfg is smoke.NATIVE or native is None:
+            continue
+        table, total = smoke.comparison_table(native, res, TOLERANCE)
+        verdict = "PASS" if total.passed else "FAIL"
+        lines += ["", f"### Logits, `{cfg.name}` vs `native` (in-process smoke comparison): {verdict}", "",
+                  "```", smoke.format_table(table), "```"]
+        if not total.passed:
+            problems.append(f"{cfg.name}: logits do not agree with native within the smoke tolerance")
+    if native is None:
+        problems.append("native path did not run: nothing to compare against")
+    return lines, problems
+
+
+def _check_bs(args: argparse.Namespace) -> list[int]:
+    return list(range(1, args.check_max_bs + 1)) if args.check else []
+
+
+def markdown(results: dict[str, dict[str, Any] | None], errors: dict[str, str], args: argparse.Namespace,
+             check_lines: list[str] = ()) -> str:
     """The report: one table for decode steps, one for prefill, ratios against ``native``."""
     ran = next((r for r in results.values() if r is not None), None)
     device = f"{ran['device']}, SGLang {ran['sglang']}, torch {ran['torch']}" if ran else "unknown device"
@@ -79,7 +113,7 @@ def markdown(results: dict[str, dict[str, Any] | None], errors: dict[str, str], 
                 for bs in args.batch_sizes if not res["bench"][bs]["graph"]]
     if no_graph:
         lines += ["", "Decode did NOT replay a CUDA graph for: " + ", ".join(no_graph)]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *check_lines]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=540, help="seconds per child process")
     ap.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS], default=[c.name for c in CONFIGS])
+    ap.add_argument("--check", action="store_true", help="also compare logits with native (in-process smoke)")
+    ap.add_argument("--check-max-bs", type=int, default=4, help="--check: batch sizes 1..N (default 4)")
     ap.add_argument("--out", default="bench_e2e.md", help="markdown report (default bench_e2e.md)")
     ap.add_argument("--workdir", help="keep the model and per-child results here (default: temporary)")
     args = ap.parse_args(argv)
@@ -103,27 +139,35 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, str] = {}
     try:
         model_dir = smoke.write_tiny_model(workdir / "tiny-dsv4", args.layers)
-        spec = {"job": "bench", "seed": args.seed, "batch_sizes": args.batch_sizes,
+        graph_bs = sorted({*_check_bs(args), *args.batch_sizes})
+        spec = {"job": "compare+bench" if args.check else "bench", "seed": args.seed,
+                "batch_sizes": _check_bs(args) or args.batch_sizes, "bench_batch_sizes": args.batch_sizes,
                 "input_len": args.input_len, "decode_steps": args.decode_steps, "repeats": args.repeats,
-                "server_args": smoke.server_argv(model_dir, args.batch_sizes, args.seed,
+                "server_args": smoke.server_argv(model_dir, graph_bs, args.seed,
                                                  context_length=max(4096, 2 * (args.input_len + args.decode_steps)))}
         for cfg in CONFIGS:
             if cfg.name not in args.configs:
                 continue
+            job = spec
+            if args.check and cfg is not smoke.NATIVE and results.get(smoke.NATIVE.name) is not None:
+                job = {**spec, "force": str(smoke.result_path(workdir, spec["job"], smoke.NATIVE))}
             try:
-                results[cfg.name] = smoke.run_child(cfg, spec, workdir, args.timeout)
+                results[cfg.name] = smoke.run_child(cfg, job, workdir, args.timeout)
             except RuntimeError as exc:
                 results[cfg.name] = None
                 errors[cfg.name] = str(exc)
+        check_lines, problems = check(results, args) if args.check else ([], [])
     finally:
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)
-    report = markdown(results, errors, args)
+    for p in problems:
+        smoke.log(f"bench_e2e --check: FAIL: {p}")
+    report = markdown(results, errors, args, check_lines)
     print("\n" + report, flush=True)
     with open(args.out, "w") as f:
         f.write(report)
     smoke.log(f"bench_e2e: report saved to {args.out}")
-    return 1 if errors else 0
+    return 1 if errors or problems else 0
 
 
 if __name__ == "__main__":

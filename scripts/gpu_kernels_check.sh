@@ -12,6 +12,7 @@ MMA=${MMA:-"off"}        # off = DISABLE_MMA_V3=1 (SM12x-style mma.sync), on = T
 BENCH=${BENCH-"sparse_mla indexer mhc moe_gemm"}  # BENCH="" runs no benchmark
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
+BENCH_MMA=${BENCH_MMA:-both}  # --mma-v3 of the benchmarks: both | off | on
 
 for mode in $MMA; do
   files=$(for op in $OPS; do printf 'tests/test_%s.py ' "$op"; done)
@@ -22,10 +23,10 @@ for mode in $MMA; do
   echo "exit $?"; tail -5 "$OUT/gpu_tests_mma_$mode.log"
 done
 
-unset DISABLE_MMA_V3  # the benchmarks set it per column (--mma-v3 both)
+unset DISABLE_MMA_V3  # the benchmarks set it per column (--mma-v3)
 for b in $BENCH; do
   echo "== bench_$b"
-  timeout "$BENCH_TIMEOUT" python3 "scripts/bench_$b.py" --mma-v3 both --out "$OUT/bench_$b.md" \
+  timeout "$BENCH_TIMEOUT" python3 "scripts/bench_$b.py" --mma-v3 "$BENCH_MMA" --out "$OUT/bench_$b.md" \
     > "$OUT/bench_$b.log" 2>&1
   echo "exit $?"; tail -30 "$OUT/bench_$b.log"
 done

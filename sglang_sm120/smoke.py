@@ -641,8 +641,14 @@ def child_main(spec_file: str) -> int:
             "torch": torch.__version__, "startup_s": time.monotonic() - t0}
     log(f"{spec['label']}: ready in {info['startup_s']:.0f}s; captured decode graphs for bs {info['capture_bs']}; "
         f"plugin {info['plugin']}")
+    jobs = spec["job"].split("+")  # "compare", "bench" or "compare+bench" (one startup for both)
+    result: dict[str, Any] = {}
     with torch.no_grad():
-        result = _compare_job(runner, spec) if spec["job"] == "compare" else _bench_job(runner, spec)
+        if "compare" in jobs:
+            result.update(_compare_job(runner, spec))
+        if "bench" in jobs:
+            result.update(_bench_job(runner, {**spec, "batch_sizes": spec.get("bench_batch_sizes",
+                                                                               spec["batch_sizes"])}))
     torch.save({**info, **result}, spec["out"])
     return 0
 
@@ -732,7 +738,7 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _check_child(name: str, res: dict[str, Any], path: PathConfig, batch_sizes: list[int]) -> list[str]:
+def check_child(name: str, res: dict[str, Any], path: PathConfig, batch_sizes: list[int]) -> list[str]:
     """Problems with one child's run: graphs, plugin state, finiteness."""
     import torch
 
@@ -766,8 +772,8 @@ def run_inprocess(model_dir: Path, workdir: Path, args: argparse.Namespace) -> b
     except RuntimeError as exc:
         log(f"in-process smoke: FAIL: {exc}")
         return False
-    problems += _check_child(NATIVE.name, native, NATIVE, batch_sizes)
-    problems += _check_child(EMULATED.name, emulated, EMULATED, batch_sizes)
+    problems += check_child(NATIVE.name, native, NATIVE, batch_sizes)
+    problems += check_child(EMULATED.name, emulated, EMULATED, batch_sizes)
     tol = Tolerance(args.min_cosine, args.min_top1, args.tie_margin)
     table, total = comparison_table(native, emulated, tol)
     print(f"\nemulated plugin path vs native SM90 path on {native['device']} (SGLang {native['sglang']}), same "

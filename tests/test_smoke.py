@@ -374,3 +374,30 @@ def test_native_path_runs_marlin_only_on_0_5_12() -> None:
     assert smoke.path_server_args(smoke.NATIVE, "0.5.12") == ["--moe-runner-backend", "marlin"]
     assert smoke.path_server_args(smoke.NATIVE, "0.5.16") == []
     assert smoke.path_server_args(smoke.EMULATED, "0.5.12") == []
+
+
+def test_bench_e2e_check_compares_each_emulated_path_with_native() -> None:
+    """``bench_e2e.py --check``: one table per emulated path; a path whose logits drift fails, as does a missing
+    native run."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_e2e
+
+    def res(noise: float, plugin: bool) -> dict:
+        g = torch.Generator().manual_seed(0)
+        rounds = []
+        for b in (1, 2):
+            lg = torch.randn(3, b, 64, generator=g)
+            rounds.append({"bs": b, "logits": lg + noise * torch.randn(lg.shape, generator=g),
+                           "tokens": lg.argmax(-1), "graph_steps": [True, True]})
+        return {"rounds": rounds, "capture_bs": [1, 2, 8],
+                "plugin": {"enabled": plugin, "emulate": plugin, "reason": ""}}
+
+    args = argparse.Namespace(check=True, check_max_bs=2, batch_sizes=[1, 8])
+    lines, problems = bench_e2e.check({"native": res(0, False), "emulated": res(1e-3, True)}, args)
+    assert problems == [] and any("`emulated` vs `native`" in line and "PASS" in line for line in lines)
+    _, problems = bench_e2e.check({"native": res(0, False), "emulated": res(3.0, True)}, args)
+    assert problems == ["emulated: logits do not agree with native within the smoke tolerance"]
+    _, problems = bench_e2e.check({"native": None, "emulated": res(0, True)}, args)
+    assert "native path did not run: nothing to compare against" in problems
