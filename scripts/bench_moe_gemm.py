@@ -2,15 +2,21 @@
 
     PYTHONPATH=. python scripts/bench_moe_gemm.py [--mma-v3 both|on|off] [--sections gemm,moe] [--out FILE]
 
+Every time is the median of CUDA-graph replays (``triton.testing.do_bench_cudagraph``: no Python launch cost) of a
+sequence of calls, divided by its length, and the calls cycle through inputs that do not fit in L2 (H100: 50 MB),
+as in a model where every layer has its own weights.
 GEMM: ours (``w8a8_block_fp8_linear``, bf16 in -> bf16 out, activation quant included) vs DeepGEMM
 ``fp8_gemm_nt`` (native SM90, activation pre-quantised), SGLang's ``triton_w8a8_block_fp8_linear`` and torch
 dequant + matmul (weight pre-dequantised to bf16: the BF16-fallback cost). wo_a: ours ``fp8_einsum`` vs
-``torch.einsum`` on bf16 weights. "ours" is timed with ``DISABLE_MMA_V3=1`` (mma.sync, the SM12x instruction
-mix; headline) and without. GB/s counts weight bytes (FP8 + scales); peak = H100 HBM 3.35 TB/s.
+``torch.einsum`` on bf16 weights. Each case cycles through copies of its weights (>= ``ROTATE_BYTES`` of FP8
+weights in all). "ours" is timed with ``DISABLE_MMA_V3=1`` (mma.sync, the SM12x instruction mix; headline) and
+without. GB/s counts weight bytes (FP8 + scales); peak = H100 HBM 3.35 TB/s.
 MoE: ours (``fused_moe_mxfp4``, DSV4-Flash E=256 top-6, H=4096, I=2048/TP, swiglu_limit 10, uniform random
-routing) vs SGLang's Marlin MXFP4 MoE (``fused_marlin_moe`` on ``prepare_moe_mxfp4_layer_for_marlin`` weights,
-native SM90) and SGLang's Triton ``fused_experts`` on FP8 128x128-block experts; times include routing
-alignment. GB/s counts the MXFP4 weight + scale bytes of the experts actually routed to; TFLOP/s =
+routing; "path": GEMV with the wide or small tile up to 64 tokens, the routed tl.dot pipeline above) vs SGLang's
+Marlin MXFP4 MoE (``fused_marlin_moe`` on ``prepare_moe_mxfp4_layer_for_marlin`` weights, native SM90) and
+SGLang's Triton ``fused_experts`` on FP8 128x128-block experts; times include routing alignment. Each case cycles
+through ``MOE_ROUTINGS`` random routings (1 at T > 64), so the experts read are not L2-resident. GB/s counts the
+MXFP4 weight + scale bytes of the experts actually routed to (mean over the routings); TFLOP/s =
 6 * T * top_k * H * I / t.
 """
 
@@ -34,31 +40,39 @@ SHAPES = {
 
 
 MOE_E, MOE_H, MOE_I, MOE_TOPK, MOE_LIMIT = 256, 4096, 2048, 6, 10.0
+MOE_ROUTINGS = 8
+ROTATE_BYTES = 160 << 20  # GEMM: FP8 weight bytes cycled through per timing (> 3x an H100's L2)
 
 
 def _emit(key: str, us: float) -> None:
     print(f"  {key}: {us:.1f} us", file=sys.stderr, flush=True)  # partial results survive a timeout
 
 
-def _bench(fn) -> float:
-    import torch
+def _each(fns):
+    """One callable making every call of ``fns`` in turn."""
+    return lambda: [fn() for fn in fns]
+
+
+def _bench_calls(fns) -> float:
+    """us per call: median CUDA-graph replay of every ``fns`` in turn, divided by their number."""
     import triton
 
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return triton.testing.do_bench(g.replay, warmup=5, rep=30) * 1e3  # us
+    _each(fns)()
+    return triton.testing.do_bench_cudagraph(_each(fns), rep=50, return_mode="median") * 1e3 / len(fns)
 
 
-def _inputs(n: int, k: int, groups: int, m: int):
+def _weights(n: int, k: int, groups: int) -> list:
+    """Copies (>= ROTATE_BYTES in all) of random FP8 ``[groups * n, k]`` weights with their fp32 128x128 scales."""
     import torch
 
-    w = (torch.randn(groups * n, k, device="cuda") * 0.5).to(torch.float8_e4m3fn)
-    ws = torch.rand(groups * n // 128, k // 128, device="cuda") * 0.01
-    x = torch.randn(m, k, device="cuda").bfloat16()
-    return w, ws, x
+    copies = -(-ROTATE_BYTES // (groups * n * k))
+    return [
+        (
+            (torch.randn(groups * n, k, device="cuda") * 0.5).to(torch.float8_e4m3fn),
+            torch.rand(groups * n // 128, k // 128, device="cuda") * 0.01,
+        )
+        for _ in range(copies)
+    ]
 
 
 def measure_ours(ms: list[int]) -> dict[str, float]:
@@ -67,14 +81,20 @@ def measure_ours(ms: list[int]) -> dict[str, float]:
     from sglang_sm120.kernels.fp8_gemm import fp8_einsum, per_token_group_quant_fp8, w8a8_block_fp8_linear
 
     def case(n: int, k: int, groups: int, m: int) -> float:
-        w, ws, x = _inputs(n, k, groups, m)
+        weights = _weights(n, k, groups)
         work = torch.empty(64 * m * n * groups, device="cuda")
         if groups == 1:
-            return _bench(lambda: w8a8_block_fp8_linear(x, w, [128, 128], ws, workspace=work))
+            x = torch.randn(m, k, device="cuda").bfloat16()
+            return _bench_calls(
+                [lambda w=w, ws=ws: w8a8_block_fp8_linear(x, w, [128, 128], ws, workspace=work) for w, ws in weights]
+            )
         a, sa = per_token_group_quant_fp8(torch.randn(m * groups, k, device="cuda").bfloat16(), 128)
         d = torch.empty(m, groups, n, dtype=torch.bfloat16, device="cuda")
         a3, sa3 = a.view(m, groups, k), sa.view(m, groups, -1)
-        return _bench(lambda: fp8_einsum("bhr,hdr->bhd", (a3, sa3), (w.view(groups, n, k), ws), d, workspace=work))
+        return _bench_calls([
+            lambda w=w, ws=ws: fp8_einsum("bhr,hdr->bhd", (a3, sa3), (w.view(groups, n, k), ws), d, workspace=work)
+            for w, ws in weights
+        ])  # fmt: skip
 
     res: dict[str, float] = {}
     for name, (n, k, groups) in SHAPES.items():
@@ -97,10 +117,14 @@ def _moe_weights(tp: int):
     return w13.view(torch.int8), w2.view(torch.int8), s13, s2
 
 
-def _moe_routing(t: int):
+def _moe_routings(t: int):
+    return [_moe_routing(t, i) for i in range(MOE_ROUTINGS if t <= 64 else 1)]
+
+
+def _moe_routing(t: int, seed: int = 0):
     import torch
 
-    g = torch.Generator(device="cuda").manual_seed(t)
+    g = torch.Generator(device="cuda").manual_seed(t + 100_003 * seed)
     ids = torch.rand(t, MOE_E, device="cuda", generator=g).argsort(1)[:, :MOE_TOPK].to(torch.int32)
     tw = torch.rand(t, MOE_TOPK, device="cuda", generator=g)
     return (tw / tw.sum(1, keepdim=True)).contiguous(), ids.contiguous()
@@ -112,11 +136,13 @@ def measure_moe_ours(tps: list[int], ts: list[int]) -> dict[str, float]:
     from sglang_sm120.kernels.moe_mxfp4 import fused_moe_mxfp4, moe_mxfp4_workspace
 
     def case(weights, t: int) -> float:
-        tw, ids = _moe_routing(t)
         x = torch.randn(t, MOE_H, device="cuda").bfloat16()
         out = torch.empty_like(x)
         ws = moe_mxfp4_workspace(t, MOE_TOPK, MOE_E, MOE_H, weights[1].shape[2] * 2, "cuda")
-        return _bench(lambda: fused_moe_mxfp4(x, *weights, tw, ids, swiglu_limit=MOE_LIMIT, out=out, workspace=ws))
+        return _bench_calls([
+            lambda tw=tw, ids=ids: fused_moe_mxfp4(x, *weights, tw, ids, swiglu_limit=MOE_LIMIT, out=out, workspace=ws)
+            for tw, ids in _moe_routings(t)
+        ])  # fmt: skip
 
     res: dict[str, float] = {}
     for tp in tps:
@@ -124,9 +150,22 @@ def measure_moe_ours(tps: list[int], ts: list[int]) -> dict[str, float]:
         for t in ts:
             res[f"moe/tp{tp}/{t}"] = case(weights, t)
             _emit(f"moe/tp{tp}/{t}", res[f"moe/tp{tp}/{t}"])
+            torch.cuda.empty_cache()
         weights = None
         torch.cuda.empty_cache()
     return res
+
+
+def _moe_path(tp: int, t: int) -> str:
+    """Which code :func:`fused_moe_mxfp4` runs for T tokens at this TP on the current GPU."""
+    import torch
+
+    from sglang_sm120.kernels import moe_mxfp4
+
+    if t > moe_mxfp4.GEMV_MAX_TOKENS:
+        return "routed"
+    tile = moe_mxfp4._gemv_plan(t, MOE_TOPK, MOE_H, MOE_I // tp, moe_mxfp4.num_sms(torch.device("cuda")))[0]
+    return "gemv wide" if tile is moe_mxfp4._WIDE else "gemv small"
 
 
 def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, float], dict[str, int], list[str]]:
@@ -137,7 +176,8 @@ def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, floa
     hit: dict[str, int] = {}
     notes: set[str] = set()
     for t in ts:
-        hit[str(t)] = int(_moe_routing(t)[1].unique().numel())
+        routs = _moe_routings(t)
+        hit[str(t)] = sum(ids.unique().numel() for _, ids in routs) / len(routs)
 
     def marlin(w13, w2, s13, s2):
         from sglang.srt.layers.moe.fused_moe_triton.fused_marlin_moe import fused_marlin_moe
@@ -145,9 +185,12 @@ def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, floa
 
         layer = torch.nn.Module()
         e8m0 = torch.float8_e8m0fnu
-        for name, val in (("w13_weight", w13.clone()), ("w2_weight", w2.clone()),
-                          ("w13_weight_scale_inv", s13.view(e8m0).clone()),
-                          ("w2_weight_scale_inv", s2.view(e8m0).clone())):
+        for name, val in (
+            ("w13_weight", w13.clone()),
+            ("w2_weight", w2.clone()),
+            ("w13_weight_scale_inv", s13.view(e8m0).clone()),
+            ("w2_weight_scale_inv", s2.view(e8m0).clone()),
+        ):
             layer.register_parameter(name, torch.nn.Parameter(val, requires_grad=False))
         prepare_moe_mxfp4_layer_for_marlin(layer)
 
@@ -174,28 +217,38 @@ def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, floa
         f1, f2 = fp8(MOE_E, 2 * inter, MOE_H), fp8(MOE_E, MOE_H, inter)
         fs1 = torch.rand(MOE_E, 2 * inter // 128, MOE_H // 128, device="cuda") * 1e-3
         fs2 = torch.rand(MOE_E, MOE_H // 128, inter // 128, device="cuda") * 1e-3
-        cfg = MoeRunnerConfig(num_experts=MOE_E, num_local_experts=MOE_E, hidden_size=MOE_H,
-                              intermediate_size_per_partition=inter, top_k=MOE_TOPK, inplace=False,
-                              swiglu_limit=MOE_LIMIT, gate_up_interleaved=False)
+        cfg = MoeRunnerConfig(
+            num_experts=MOE_E,
+            num_local_experts=MOE_E,
+            hidden_size=MOE_H,
+            intermediate_size_per_partition=inter,
+            top_k=MOE_TOPK,
+            inplace=False,
+            swiglu_limit=MOE_LIMIT,
+            gate_up_interleaved=False,
+        )
 
         def run(x, tw, ids):
             topk = StandardTopKOutput(tw, ids, torch.empty(x.shape[0], MOE_E, device="cuda"))
-            return lambda: fused_experts(x, f1, f2, topk, cfg, use_fp8_w8a8=True, w1_scale=fs1, w2_scale=fs2,
-                                         block_shape=[128, 128])
+            return lambda: fused_experts(
+                x, f1, f2, topk, cfg, use_fp8_w8a8=True, w1_scale=fs1, w2_scale=fs2, block_shape=[128, 128]
+            )
 
         return run
 
     def cases(name: str, run, tp: int) -> None:
         for t in ts:
-            tw, ids = _moe_routing(t)
             x = torch.randn(t, MOE_H, device="cuda").bfloat16()
-            fn, why = try_baseline(name, lambda: run(x, tw, ids))  # noqa: B023 - called at once
-            if fn is None:
-                notes.add(why)
-                return
+            fns = []
+            for tw, ids in _moe_routings(t):
+                fn, why = try_baseline(name, lambda: run(x, tw, ids))  # noqa: B023 - called at once
+                if fn is None:
+                    notes.add(why)
+                    return
+                fns.append(fn)
             key = f"{name}/tp{tp}/{t}"
             try:
-                res[key] = _bench(fn)
+                res[key] = _bench_calls(fns)
                 _emit(key, res[key])
             except Exception as e:  # noqa: BLE001 - e.g. not capturable in a CUDA graph
                 notes.add(f"{name} failed to time: {type(e).__name__}: {str(e)[:100]}")
@@ -213,45 +266,45 @@ def measure_moe_baselines(tps: list[int], ts: list[int]) -> tuple[dict[str, floa
     return res, hit, sorted(notes)
 
 
-
 def measure_baselines(ms: list[int]) -> tuple[dict[str, float], list[str]]:
     import torch
 
     from sglang_sm120.reference.fp8_gemm import per_token_group_quant_fp8_ref
 
     def case(name: str, n: int, k: int, groups: int, m: int) -> None:
-        w, ws, x = _inputs(n, k, groups, m)
-        wbf = (w.float() * ws.repeat_interleave(128, 0).repeat_interleave(128, 1)).bfloat16()
+        weights = _weights(n, k, groups)
+        x = torch.randn(m, k, device="cuda").bfloat16()
+        out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+        a, sa = per_token_group_quant_fp8_ref(x, 128)
 
-        def deepgemm():
+        def deepgemm(w, ws):
             import deep_gemm
 
             if groups > 1:
                 raise RuntimeError("DeepGEMM fp8_einsum is SM100-only")
-            a, sa = per_token_group_quant_fp8_ref(x, 128)
-            out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
             return lambda: deep_gemm.fp8_gemm_nt((a, sa), (w, ws), out)
 
-        def sgl_triton():
+        def sgl_triton(w, ws):
             from sglang.srt.layers.quantization.fp8_utils import triton_w8a8_block_fp8_linear as f
 
             if groups > 1:
                 raise RuntimeError("SGLang has no Triton FP8 einsum")
             return lambda: f(x, w, [128, 128], ws)
 
-        def torch_bf16():
+        def torch_bf16(w, ws):
+            wbf = (w.float() * ws.repeat_interleave(128, 0).repeat_interleave(128, 1)).bfloat16()
             if groups == 1:
                 return lambda: x @ wbf.t()
             o = torch.randn(m, groups, k, device="cuda").bfloat16()
             return lambda: torch.einsum("tgd,grd->tgr", o, wbf.view(groups, n, k))
 
         for key, make in {"deepgemm": deepgemm, "sgl_triton": sgl_triton, "torch_bf16": torch_bf16}.items():
-            fn, why = try_baseline(key, make)
+            fn, why = try_baseline(key, lambda: make(*weights[0]))  # noqa: B023 - called at once
             if fn is None:
                 notes.add(why)
                 continue
             try:
-                res[f"{key}/{name}/{m}"] = _bench(fn)
+                res[f"{key}/{name}/{m}"] = _bench_calls([fn] + [make(w, ws) for w, ws in weights[1:]])
                 _emit(f"{key}/{name}/{m}", res[f"{key}/{name}/{m}"])
             except Exception as e:  # noqa: BLE001 - e.g. not capturable in a CUDA graph
                 notes.add(f"{key} failed to time: {type(e).__name__}: {str(e)[:100]}")
@@ -300,22 +353,22 @@ def render_moe(tps, ts, off, on, base, hit, notes) -> str:
         f"MoE (MXFP4 routed experts, E={MOE_E}, top-{MOE_TOPK}, H={MOE_H}, I={MOE_I}/TP, swiglu_limit "
         f"{MOE_LIMIT}); GB/s and % HBM on the MXFP4 bytes of the experts hit; ours/Marlin < 1 = faster.",
         "",
-        "| TP | T | experts hit | ours(off) us | ours(on) us | GB/s (off) | % HBM | TFLOP/s (off) | Marlin us "
-        "| ours/Marlin time | SGLang Triton FP8 us |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TP | T | path | experts hit | ours(off) us | ours(on) us | GB/s (off) | % HBM | TFLOP/s (off) "
+        "| Marlin us | ours/Marlin time | SGLang Triton FP8 us |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tp in tps:
         inter = MOE_I // tp
         per_expert = 3 * inter * MOE_H // 2 + 3 * inter * MOE_H // 32  # packed E2M1 + UE8M0 scales
         for t in ts:
             key = f"tp{tp}/{t}"
-            tm = off.get(f"moe/{key}")
             n_hit = hit.get(str(t))
+            mar = base.get(f"marlin/{key}")
+            tm = off.get(f"moe/{key}")
             gbs = n_hit * per_expert / (tm * 1e-6) / 1e9 if tm and n_hit else None
             tf = 6 * t * MOE_TOPK * MOE_H * inter / (tm * 1e-6) / 1e12 if tm else None
-            mar = base.get(f"marlin/{key}")
             lines.append(
-                f"| {tp} | {t} | {n_hit if n_hit else '-'} | {_fmt(tm)} | {_fmt(on.get(f'moe/{key}'))} | "
+                f"| {tp} | {t} | {_moe_path(tp, t)} | {_fmt(n_hit)} | {_fmt(tm)} | {_fmt(on.get(f'moe/{key}'))} | "
                 f"{_fmt(gbs, 0)} | {_fmt(gbs / HBM_PEAK * 1e11 if gbs else None)} | {_fmt(tf, 2)} | {_fmt(mar)} | "
                 f"{_fmt(tm / mar if tm and mar else None, 2)} | {_fmt(base.get(f'sgl_fp8/{key}'))} |"
             )
@@ -328,7 +381,7 @@ def main() -> None:
     ap.add_argument("--sections", default="gemm,moe", help="comma list of gemm, moe")
     ap.add_argument("--ms", default="1,8,16,64,4096")
     ap.add_argument("--moe-tp", default="1,2,4,8", help="MoE: TP splits of the intermediate size")
-    ap.add_argument("--moe-tokens", default="1,4,8,64,4096")
+    ap.add_argument("--moe-tokens", default="1,4,8,32,64,65,4096")
     ap.add_argument("--out", default=None, help="save the markdown tables here")
     ap.add_argument("--json-ours", default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
@@ -346,9 +399,21 @@ def main() -> None:
         return
 
     def child(disable: bool) -> dict[str, float]:
-        return run_child(__file__, "--json-ours", ["--ms", args.ms, "--sections", args.sections,
-                                                  "--moe-tp", args.moe_tp, "--moe-tokens", args.moe_tokens],
-                         disable_mma_v3=disable)
+        return run_child(
+            __file__,
+            "--json-ours",
+            [
+                "--ms",
+                args.ms,
+                "--sections",
+                args.sections,
+                "--moe-tp",
+                args.moe_tp,
+                "--moe-tokens",
+                args.moe_tokens,
+            ],
+            disable_mma_v3=disable,
+        )
 
     off = child(True) if args.mma_v3 in ("off", "both") else {}
     on = child(False) if args.mma_v3 in ("on", "both") else {}

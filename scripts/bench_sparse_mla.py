@@ -7,7 +7,9 @@ SGLang 0.5.16's SM120 Triton kernel (flash_mla_sparse_decode_triton) and sgl-ker
 sparse decode (SM90; needs 64 q-heads, so it runs the 64-head padded problem SGLang runs on SM90).
 "Ours" is timed with DISABLE_MMA_V3=1 (mma.sync, the SM12x instruction mix; headline) and without
 (wgmma).  GB/s = bytes the kernel must read (valid candidate rows x 584 B + q + indices) plus the
-bf16 output written, over the measured time; H100 HBM peak 3.35 TB/s.
+bf16 output written, over the measured time; H100 HBM peak 3.35 TB/s.  "tile" is the tile the op
+picked for the shape (``h<heads>n<candidates>``, ``l2`` = L2 prefetch) and its split count.  All
+timings are CUDA-graph replays except the PyTorch reference and SGLang's Triton kernel (eager).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def make_inputs(ctx: int, bs: int, s_q: int, seed: int = 0):
     c4 = pack_kv_cache(torch.randn(bs * c4_pages_per_req, C4_P, 512, device=dev, generator=g))
     req = torch.arange(t, device=dev) // s_q
     swa_idx = (req[:, None] * SWA_P + torch.arange(SWA, device=dev)[None]).int()
-    c4_idx = torch.stack([torch.randperm(c4_pages_per_req * C4_P, device=dev, generator=g)[:TOPK]
-                          for _ in range(t)]).int() + (req * c4_pages_per_req * C4_P)[:, None].int()
+    c4_idx = (
+        torch.stack([torch.randperm(c4_pages_per_req * C4_P, device=dev, generator=g)[:TOPK] for _ in range(t)]).int()
+        + (req * c4_pages_per_req * C4_P)[:, None].int()
+    )
     q = (torch.randn(t, 64, 512, device=dev, generator=g) * 0.5).bfloat16()
     sink = torch.randn(64, device=dev, generator=g)
     swa_len = torch.full((bs,), SWA, dtype=torch.int32, device=dev)
@@ -66,6 +70,15 @@ def _time(fn, graph: bool) -> float:
     return tt.do_bench(fn, warmup=25, rep=100) * 1e3
 
 
+def tile_name(t: int) -> str:
+    """``h<BLOCK_H>n<BLOCK_N>[l2]/<splits>`` the op launches for ``t`` rows of ``HEADS`` heads."""
+    from sglang_sm120.kernels import sparse_mla as K
+
+    splits = K.choose_num_splits(t, HEADS, SWA, TOPK, torch.device("cuda"))
+    cfg = K._pick_cfg(t, HEADS, torch.device("cuda"), split=splits > 1)
+    return f"h{cfg.block_h}n{cfg.block_n}{'l2' if cfg.l2_ahead else ''}/{splits}"
+
+
 def bench_ours(inp, bs, s_q) -> float:
     from sglang_sm120.kernels import sparse_mla as K
 
@@ -76,9 +89,25 @@ def bench_ours(inp, bs, s_q) -> float:
     lse = torch.empty(t, HEADS, dtype=torch.float32, device="cuda")
     splits = K.choose_num_splits(t, HEADS, SWA, TOPK, q.device)
     ws = K.workspace_for(t, HEADS, SWA, TOPK, "cuda")
-    sink32 = sink[HEADS:2 * HEADS]
-    return _time(lambda: K.sparse_mla_fwd(q32, swa, swa_idx, swa_len, sink32, c4, c4_idx, c4_len, out, lse,
-                                          ws, splits, rows_per_length=s_q), graph=True)
+    sink32 = sink[HEADS : 2 * HEADS]
+    return _time(
+        lambda: K.sparse_mla_fwd(
+            q32,
+            swa,
+            swa_idx,
+            swa_len,
+            sink32,
+            c4,
+            c4_idx,
+            c4_len,
+            out,
+            lse,
+            ws,
+            splits,
+            rows_per_length=s_q,
+        ),
+        graph=True,
+    )
 
 
 def bench_baselines(inp, bs, s_q) -> dict[str, float | str]:
@@ -87,16 +116,28 @@ def bench_baselines(inp, bs, s_q) -> dict[str, float | str]:
     q, swa, swa_idx, swa_len, c4, c4_idx, c4_len, sink = inp
     t = bs * s_q
     q32 = q[:, :HEADS].contiguous()
-    sink32 = sink[HEADS:2 * HEADS].contiguous()
+    sink32 = sink[HEADS : 2 * HEADS].contiguous()
     res: dict[str, float | str] = {}
     rl, cl = swa_len.repeat_interleave(s_q), c4_len.repeat_interleave(s_q)
     res["torch"] = _time(lambda: sparse_mla_ref(q32, swa, swa_idx, rl, sink32, c4, c4_idx, cl), graph=False)
     try:
         from sglang.kernels.ops.attention.flash_mla_sm120_triton import flash_mla_sparse_decode_triton
 
-        res["sglang_triton"] = _time(lambda: flash_mla_sparse_decode_triton(
-            q32.view(t, 1, HEADS, 512), swa, swa_idx.view(t, 1, -1), rl, sink32, 512, 512**-0.5,
-            c4, c4_idx.view(t, 1, -1), cl), graph=False)
+        res["sglang_triton"] = _time(
+            lambda: flash_mla_sparse_decode_triton(
+                q32.view(t, 1, HEADS, 512),
+                swa,
+                swa_idx.view(t, 1, -1),
+                rl,
+                sink32,
+                512,
+                512**-0.5,
+                c4,
+                c4_idx.view(t, 1, -1),
+                cl,
+            ),
+            graph=False,
+        )
     except Exception as exc:  # noqa: BLE001
         res["sglang_triton"] = f"unavailable: {type(exc).__name__}: {exc}".splitlines()[0][:120]
     try:
@@ -106,11 +147,22 @@ def bench_baselines(inp, bs, s_q) -> dict[str, float | str]:
         q4 = q.view(bs, s_q, 64, 512)
 
         def fm():
-            flash_mla_with_kvcache(q=q4, k_cache=swa, block_table=None, cache_seqlens=None, head_dim_v=512,
-                                   tile_scheduler_metadata=meta, softmax_scale=512**-0.5, is_fp8_kvcache=True,
-                                   indices=swa_idx.view(bs, s_q, -1), topk_length=swa_len, attn_sink=sink,
-                                   extra_k_cache=c4, extra_indices_in_kvcache=c4_idx.view(bs, s_q, -1),
-                                   extra_topk_length=c4_len)
+            flash_mla_with_kvcache(
+                q=q4,
+                k_cache=swa,
+                block_table=None,
+                cache_seqlens=None,
+                head_dim_v=512,
+                tile_scheduler_metadata=meta,
+                softmax_scale=512**-0.5,
+                is_fp8_kvcache=True,
+                indices=swa_idx.view(bs, s_q, -1),
+                topk_length=swa_len,
+                attn_sink=sink,
+                extra_k_cache=c4,
+                extra_indices_in_kvcache=c4_idx.view(bs, s_q, -1),
+                extra_topk_length=c4_len,
+            )
 
         res["flashmla_64h"] = _time(fm, graph=True)
     except Exception as exc:  # noqa: BLE001
@@ -122,7 +174,7 @@ def measure_rows(with_baselines: bool) -> list[dict]:
     rows = []
     for ctx, bs, s_q in CASES:
         inp = make_inputs(ctx, bs, s_q)
-        row = {"ctx": ctx, "bs": bs, "s_q": s_q, "ours": bench_ours(inp, bs, s_q)}
+        row = {"ctx": ctx, "bs": bs, "s_q": s_q, "ours": bench_ours(inp, bs, s_q), "tile": tile_name(bs * s_q)}
         if with_baselines:
             row.update(bench_baselines(inp, bs, s_q))
         rows.append(row)
@@ -142,9 +194,11 @@ def table(results: dict[str, list[dict]]) -> str:
     on_rows = results.get("on", []) if head_mode == "off" else []
     other = {(r["ctx"], r["bs"], r["s_q"]): r["ours"] for r in on_rows}
     label = "mma.sync" if head_mode == "off" else "wgmma"
-    lines = [f"| ctx | bs | q_len | ours µs ({label}) | ours µs (wgmma) | torch µs | sglang triton µs "
-             "| FlashMLA SM90 µs (64 h) | × vs triton | ours / FlashMLA | GB/s | % HBM peak |",
-             "|" + "---|" * 12]
+    lines = [
+        f"| ctx | bs | q_len | tile | ours µs ({label}) | ours µs (wgmma) | torch µs | sglang triton µs "
+        "| FlashMLA SM90 µs (64 h) | × vs triton | ours / FlashMLA | GB/s | % HBM peak |",
+        "|" + "---|" * 13,
+    ]
     for r in rows:
         key = (r["ctx"], r["bs"], r["s_q"])
         ours = r["ours"]
@@ -152,10 +206,12 @@ def table(results: dict[str, list[dict]]) -> str:
         tri, fm = r.get("sglang_triton"), r.get("flashmla_64h")
         speed = f"{tri / ours:.2f}" if isinstance(tri, float) else "n/a"
         ratio = f"{ours / fm:.2f}" if isinstance(fm, float) else "n/a"
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {ours:.1f} | {_fmt(other.get(key))} "
-                     f"| {_fmt(r.get('torch'))} | {_fmt(tri)} | {_fmt(fm)} | {speed} | {ratio} | {gbs:.0f} "
-                     f"| {100 * gbs / HBM_PEAK_GBS:.0f} |")
-    notes = sorted({f"{k}: {v}" for r in rows for k, v in r.items() if isinstance(v, str)})
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {r['tile']} | {ours:.1f} | {_fmt(other.get(key))} "
+            f"| {_fmt(r.get('torch'))} | {_fmt(tri)} | {_fmt(fm)} | {speed} | {ratio} | {gbs:.0f} "
+            f"| {100 * gbs / HBM_PEAK_GBS:.0f} |"
+        )
+    notes = sorted({f"{k}: {v}" for r in rows for k, v in r.items() if isinstance(v, str) and k != "tile"})
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -173,8 +229,13 @@ def main() -> int:
     modes = ("off", "on") if args.mma_v3 == "both" else (args.mma_v3,)
     results = {}
     for i, mode in enumerate(modes):
-        results[mode] = run_child(__file__, "--json-child", [], disable_mma_v3=mode == "off",
-                                  env={"BENCH_SPARSE_MLA_BASELINES": "1" if i == 0 else "0"})
+        results[mode] = run_child(
+            __file__,
+            "--json-child",
+            [],
+            disable_mma_v3=mode == "off",
+            env={"BENCH_SPARSE_MLA_BASELINES": "1" if i == 0 else "0"},
+        )
     md = table(results)
     print(f"GPU: {torch.cuda.get_device_name()}  heads={HEADS} swa={SWA} c4_topk={TOPK}\n")
     print(md)

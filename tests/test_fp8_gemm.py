@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from sglang_sm120.kernels.fp8_gemm import (
+    CONFIGS,
+    MAX_SPLITS,
+    config_for,
     fp8_einsum,
     per_token_group_quant_fp8,
     w8a8_block_fp8_linear,
@@ -53,7 +56,7 @@ def test_quant_exact(blk, m):
 
 @pytest.mark.parametrize("blk", [128, 32])
 @pytest.mark.parametrize("e8m0", [False, True])
-@pytest.mark.parametrize("m,n,k", [(1, 256, 512), (16, 192, 400), (70, 256, 256)])
+@pytest.mark.parametrize("m,n,k", [(1, 256, 512), (16, 192, 400), (40, 256, 384), (70, 256, 256)])
 def test_matmul_fp32_exact(blk, e8m0, m, n, k):
     g = torch.Generator().manual_seed(m)
     a, sa = per_token_group_quant_fp8_ref(torch.randn(m, k, generator=g), blk)
@@ -82,7 +85,7 @@ def test_linear_bias_and_workspace():
 
 
 @pytest.mark.parametrize("recipe", [(1, 1, 128), (1, 1, 32)])
-@pytest.mark.parametrize("t", [1, 20])
+@pytest.mark.parametrize("t", [1, 20, 70])  # decode, mid, prefill configs
 def test_einsum(recipe, t):
     blk = recipe[2]
     g_, n, k = 3, 256, 384
@@ -94,6 +97,42 @@ def test_einsum(recipe, t):
     fp8_einsum("bhr,hdr->bhd", (a, sa), (w.view(g_, n, k), ws), d, recipe=recipe)
     ref = fp8_einsum_ref(a, sa, w.view(g_, n, k), ws.view(g_, n // blk, -1), blk)
     assert rel_err(d, ref) < 1e-2
+
+
+def test_config_table():
+    """Each scale block has a config per M regime; the kernel's constraints on them hold."""
+    for sk, regs in CONFIGS.items():
+        assert set(regs) == {"decode", "mid", "prefill"}
+        for cfg in regs.values():
+            assert (cfg.block_k or sk) in (sk, sk // 2) and (cfg.block_k or sk) >= 32
+            assert not cfg.fuse_quant or (cfg.block_k or sk) == sk
+            assert cfg.waves >= 1
+    for m, reg in ((1, "decode"), (16, "decode"), (17, "mid"), (64, "mid"), (65, "prefill"), (4096, "prefill")):
+        assert config_for(m, 128) is CONFIGS[128][reg]
+        assert config_for(m, 32) is CONFIGS[32][reg]
+
+
+def test_half_scale_block_k_tiles_fp32_exact():
+    """The 128-block prefill config loops over 64-wide K tiles (the scale is re-read per half tile); with the
+    interpreter's 8 "SMs" it also splits K (2 splits of 5 tiles: the boundary falls inside a scale block).
+    fp32 output exact."""
+    m, n, k = 70, 256, 640
+    assert config_for(m, 128).block_k == 64
+    a, sa = per_token_group_quant_fp8_ref(torch.randn(m, k), 128)
+    w, ws = make_weight(n, k, 128, e8m0=True)
+    out = w8a8_block_fp8_matmul(a, w, sa, ws, [128, 128], torch.float32)
+    assert rel_err(out, block_fp8_matmul_ref(a, sa, w, ws, (128, 128), torch.float32)) < 1e-5
+
+
+def test_many_splits_and_workspace():
+    """Decode split-K beyond one reduce chunk (14 splits over 70 K tiles), caller workspace sized by MAX_SPLITS."""
+    m, n, k = 3, 64, 32 * 70
+    x = torch.randn(m, k).bfloat16()
+    w, ws = make_weight(n, k, 32, e8m0=True)
+    out = w8a8_block_fp8_linear(x, w, [32, 32], ws, workspace=torch.empty(MAX_SPLITS * m * n))
+    assert rel_err(out, w8a8_block_fp8_linear_ref(x, w, (32, 32), ws)) < 1e-2
+    with pytest.raises(ValueError, match="workspace"):
+        w8a8_block_fp8_linear(x, w, [32, 32], ws, workspace=torch.empty(16))
 
 
 def test_bad_input():
@@ -129,7 +168,7 @@ def _dsv4_linear_shapes():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("blk", [128, 32])
-@pytest.mark.parametrize("m", [1, 7, 16, 64, 4096])
+@pytest.mark.parametrize("m", [1, 7, 16, 64, 200, 4096])  # 200: prefill config with split-K on small N
 def test_gpu_linear_dsv4(blk, m):
     for n, k in _dsv4_linear_shapes():
         x = torch.randn(m, k, device="cuda").bfloat16()
@@ -155,7 +194,7 @@ def test_gpu_einsum_wo_a(t, groups):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 16, 64])
+@pytest.mark.parametrize("m", [1, 16, 40, 64])
 def test_gpu_cuda_graph(m):
     n, k = 4096, 4096
     x = torch.randn(m, k, device="cuda").bfloat16()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sglang_sm120.kernels.indexer import fp8_mqa_logits, fp8_paged_mqa_logits, paged_indexer_topk
-from sglang_sm120.kernels.topk import topk_transform_512
+from sglang_sm120.kernels.topk import topk_transform_512, topk_workspace_numel
 from sglang_sm120.reference.indexer import fp8_mqa_logits_ref, fp8_paged_mqa_logits_ref
 from sglang_sm120.reference.topk import topk_transform_ref
 
@@ -63,6 +63,28 @@ def test_paged_logits(next_n, seq_lens_shape):
     out = fp8_paged_mqa_logits(q, cache, w, sl, pt, None, p * 64, False)
     assert out.shape == (b * next_n, p * 64) and out.dtype == torch.float32
     assert_close_logits(out, fp8_paged_mqa_logits_ref(q, cache, w, sl, pt, p * 64))
+
+
+def test_multi_tile_chunks_and_dead_columns():
+    """Programs of several key tiles (page boundaries inside a chunk), MTP rows, and chunks whose keys no
+    row of the group sees: before the group's first key (ragged) and past its last (both layouts)."""
+    b, p, pages = 2, 9, 20
+    cache = make_cache(pages, seed=21)
+    q, w = make_q(b, 2, seed=22)
+    sl = torch.tensor([555, 130], dtype=torch.int32)
+    pt = torch.randperm(pages)[: b * p].reshape(b, p).int()
+    out = fp8_paged_mqa_logits(q, cache, w, sl, pt, None, p * 64 + 10, False)
+    assert_close_logits(out, fp8_paged_mqa_logits_ref(q, cache, w, sl, pt, p * 64 + 10))
+    g = torch.Generator().manual_seed(23)
+    t, n = 6, 700
+    qr = torch.randn(t, 64, 128, generator=g).to(torch.float8_e4m3fn)
+    k = torch.randn(n, 128, generator=g).to(torch.float8_e4m3fn)
+    s = torch.rand(n, generator=g) + 0.5
+    wr = torch.randn(t, 64, generator=g)
+    ks = torch.tensor([300, 320, 400, 650, 5, 0], dtype=torch.int32)
+    ke = torch.tensor([700, 420, 690, 700, 5, 129], dtype=torch.int32)
+    out = fp8_mqa_logits(qr, (k, s), wr, ks, ke, False, 0)
+    assert_close_logits(out, fp8_mqa_logits_ref(qr, (k, s), wr, ks, ke, 0))
 
 
 def test_paged_logits_strided_pages_and_wider_output():
@@ -125,6 +147,10 @@ def test_bad_input():
         fp8_paged_mqa_logits(q, cache, w, sl.long(), pt, None, 128)
     with pytest.raises(ValueError, match="page_table"):
         fp8_paged_mqa_logits(q, cache, w, sl, pt[:1], None, 128)
+    with pytest.raises(ValueError, match="topk_workspace"):
+        idx = torch.empty(2, 512, dtype=torch.int32)
+        tws = torch.empty(10, dtype=torch.int32)
+        paged_indexer_topk(q, cache, w, sl, torch.zeros(2, 80, dtype=torch.int32), idx, topk_workspace=tws)
     with pytest.raises(ValueError, match="cu_seq_len_k_end"):
         fp8_mqa_logits(q[:, 0], (cache[0, :, 0, :128].contiguous().view(torch.float8_e4m3fn), torch.ones(64)),
                        w, sl, sl[:1])
@@ -202,11 +228,14 @@ def test_gpu_cuda_graph_replay(next_n):
     out = torch.empty(16 * next_n, width, dtype=torch.float32, device="cuda")
     idx = torch.empty(16, 512, dtype=torch.int32, device="cuda")
     ws = torch.empty(4 * width, dtype=torch.float32, device="cuda")
+    tws = torch.empty(topk_workspace_numel(4, width), dtype=torch.int32, device="cuda")
 
     def step():
         fp8_paged_mqa_logits(q, cache, w, sl[:, None], pt, None, width, False, out=out)
         if next_n == 1:
-            paged_indexer_topk(q, cache, w, sl, pt, idx, max_logits_bytes=4 * width * 4, workspace=ws)
+            paged_indexer_topk(
+                q, cache, w, sl, pt, idx, max_logits_bytes=4 * width * 4, workspace=ws, topk_workspace=tws
+            )
 
     step()
     eager_out, eager_idx = out.clone(), idx.clone()

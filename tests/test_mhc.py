@@ -53,8 +53,31 @@ def _pre_args():
     return (EPS, EPS, EPS, POST_MULT, SINKHORN_ITERS)
 
 
-def _bf16_close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a.float(), b.float(), rtol=BF16_RTOL, atol=1e-5)
+def _bf16_close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(a.float(), b.float(), rtol=BF16_RTOL, atol=atol)
+
+
+def _plans(op: str) -> list:
+    """The distinct tile plans ``op`` ("pre", "fused", "post") can pick, in ``PLANS`` order."""
+    return list(dict.fromkeys(plan for _, plan in kern.PLANS[op]))
+
+
+def _plan_id(plan) -> str:
+    return f"t{plan.block_t}-h{plan.block_h}-{'fma' if plan.dot == kern.DOT_FMA else 'tf32'}" + (
+        "-fused" if plan.fused else ""
+    )
+
+
+def _force_plan(monkeypatch, plan) -> None:
+    monkeypatch.setattr(kern, "_plan", lambda op, num_tokens: plan)
+
+
+def _check_pre(out, expect, tol: float = 1e-5) -> None:
+    post, comb, y = out
+    post_r, comb_r, y_r = expect
+    torch.testing.assert_close(post, post_r, rtol=tol, atol=tol)
+    torch.testing.assert_close(comb, comb_r, rtol=tol, atol=tol)
+    _bf16_close(y, y_r, atol=tol)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -96,9 +119,46 @@ def test_mhc_pre(num_tokens, hidden, with_norm):
     assert post.shape == (num_tokens, 4, 1) and post.dtype == torch.float32
     assert comb.shape == (num_tokens, 4, 4) and comb.dtype == torch.float32
     assert y.shape == (num_tokens, hidden) and y.dtype == torch.bfloat16
-    torch.testing.assert_close(post, post_r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(comb, comb_r, rtol=1e-5, atol=1e-5)
-    _bf16_close(y, y_r)
+    _check_pre((post, comb, y), (post_r, comb_r, y_r))
+
+
+def test_plan_table():
+    """Each op's table ends with a catch-all; the small-T FMA plan is the only in-kernel finalize."""
+    for op in ("pre", "fused", "post"):
+        assert kern.PLANS[op][-1][0] is None
+        assert all(plan.fused == (plan.dot == kern.DOT_FMA) for plan in _plans(op))
+    assert kern._plan("pre", 2).fused and not kern._plan("pre", 3).fused
+    assert kern._plan("fused", 2).fused and not kern._plan("fused", 3).fused
+
+
+def _plan_tokens(plan) -> int:
+    """Two token blocks plus a partial one (masked rows) for the plan's BLOCK_T."""
+    return 2 * plan.block_t + 1
+
+
+@pytest.mark.parametrize("plan", _plans("pre"), ids=_plan_id)
+def test_mhc_pre_plans(plan, monkeypatch):
+    """Every mhc_pre plan (FMA with in-kernel finalize / TF32 with a finalize launch) vs the oracle."""
+    hidden = 64
+    num_tokens = _plan_tokens(plan)
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(num_tokens, hidden)
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+    _force_plan(monkeypatch, plan)
+    out = kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
+    _check_pre(out, ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw))
+
+
+def test_mhc_pre_chunked_finalize():
+    """DSV4's hidden 4096 with the 4-warp fused plan: the finalize walks H in chunks (two passes for the norm)."""
+    hidden, num_tokens = 4096, 2
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(num_tokens, hidden)
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+    plan = kern._plan("pre", num_tokens)
+    assert plan.fused and kern._fin_block_h(hidden, plan.block_t, plan.warps) < hidden
+    out = kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
+    _check_pre(out, ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw))
 
 
 @pytest.mark.parametrize("num_tokens,hidden", [(3, 128), (130, 64)])
@@ -109,24 +169,43 @@ def test_mhc_post(num_tokens, hidden):
         _bf16_close(kern.mhc_post(x, r, p, comb), ref.mhc_post(x, r, p, comb))
 
 
+def test_mhc_post_masked_columns():
+    hidden, num_tokens = 600, 3  # not a multiple of BLOCK_H (512): masked columns
+    r = _residual(num_tokens, hidden)
+    x, post, comb = _prev_mix(num_tokens, hidden)
+    _bf16_close(kern.mhc_post(x, r, post, comb), ref.mhc_post(x, r, post, comb))
+
+
 @pytest.mark.parametrize("num_tokens,hidden", [(2, 128), (130, 64)])
 def test_mhc_fused_post_pre(num_tokens, hidden):
     fn, scale, base, weight = _params(hidden)
     r = _residual(num_tokens, hidden)
     x, post_prev, comb_prev = _prev_mix(num_tokens, hidden)
     kw = dict(norm_weight=weight, norm_eps=EPS)
-    r_cur, post, comb, y = kern.mhc_fused_post_pre(x, r, post_prev, comb_prev, fn, scale, base, *_pre_args(), **kw)
+    r_cur, *out = kern.mhc_fused_post_pre(x, r, post_prev, comb_prev, fn, scale, base, *_pre_args(), **kw)
     _bf16_close(r_cur, ref.mhc_post(x, r, post_prev, comb_prev))
     # A 1-ulp flip in r_cur moves the mixes; judge the pre half on the kernel's own r_cur.
-    post_r, comb_r, y_r = ref.mhc_pre(r_cur, fn, scale, base, *_pre_args(), **kw)
-    torch.testing.assert_close(post, post_r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(comb, comb_r, rtol=1e-5, atol=1e-5)
-    _bf16_close(y, y_r)
+    _check_pre(out, ref.mhc_pre(r_cur, fn, scale, base, *_pre_args(), **kw))
+
+
+@pytest.mark.parametrize("plan", _plans("fused"), ids=_plan_id)
+def test_mhc_fused_post_pre_plans(plan, monkeypatch):
+    hidden = 64
+    num_tokens = _plan_tokens(plan)
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(num_tokens, hidden)
+    x, post_prev, comb_prev = _prev_mix(num_tokens, hidden)
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+    _force_plan(monkeypatch, plan)
+    r_cur, *out = kern.mhc_fused_post_pre(x, r, post_prev, comb_prev, fn, scale, base, *_pre_args(), **kw)
+    _bf16_close(r_cur, ref.mhc_post(x, r, post_prev, comb_prev))
+    _check_pre(out, ref.mhc_pre(r_cur, fn, scale, base, *_pre_args(), **kw))
 
 
 @pytest.mark.parametrize("num_splits", [None, 3])
-def test_hc_prenorm_gemm(num_splits):
-    hidden, m = 96, 9
+@pytest.mark.parametrize("m", [2, 9, 20])  # FMA plan, TF32 16-token blocks, TF32 64-token blocks
+def test_hc_prenorm_gemm(num_splits, m):
+    hidden = 96
     fn = _params(hidden)[0]
     a = _residual(m, hidden).view(m, -1)
     lead = () if num_splits is None else (num_splits,)
@@ -233,6 +312,31 @@ def test_gpu_hc_prenorm_gemm(num_tokens):
     d_r, s_r = ref.hc_prenorm_gemm(a, fn)
     torch.testing.assert_close(d.sum(0), d_r, rtol=2e-3, atol=2e-2)  # TF32 products
     torch.testing.assert_close(s.sum(0), s_r, rtol=1e-5, atol=1e-2)  # exact squares, fp32 sums
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_tokens", [1, 64, 1000])
+@pytest.mark.parametrize(
+    "op,plan",
+    [(op, p) for op in ("pre", "fused", "post") for p in _plans(op)],
+    ids=lambda v: v if isinstance(v, str) else _plan_id(v),
+)
+def test_gpu_plans(op, plan, num_tokens, monkeypatch):
+    """Every plan of ``PLANS`` at every size (the tests above cover each only in its own T range)."""
+    fn, scale, base, weight = _params(HIDDEN, "cuda")
+    r = _residual(num_tokens, HIDDEN, "cuda")
+    x, post_prev, comb_prev = _prev_mix(num_tokens, HIDDEN, "cuda")
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+    _force_plan(monkeypatch, plan)
+    if op == "post":
+        _bf16_close(kern.mhc_post(x, r, post_prev, comb_prev), ref.mhc_post(x, r, post_prev, comb_prev))
+    elif op == "pre":
+        expect = ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
+        _gpu_close(kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw), expect)
+    else:
+        r_cur, *out = kern.mhc_fused_post_pre(x, r, post_prev, comb_prev, fn, scale, base, *_pre_args(), **kw)
+        _bf16_close(r_cur, ref.mhc_post(x, r, post_prev, comb_prev))
+        _gpu_close(out, ref.mhc_pre(r_cur, fn, scale, base, *_pre_args(), **kw))
 
 
 @pytest.mark.gpu

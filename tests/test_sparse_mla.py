@@ -42,8 +42,21 @@ def _run(q, cache, idx, ln, sink, ecache, eidx, eln, splits, rows_per_length=1):
     out = torch.empty(t, h, 512, dtype=torch.bfloat16, device=q.device)
     lse = torch.empty(t, h, dtype=torch.float32, device=q.device)
     ws = K.SparseMLAWorkspace.allocate(t * h * splits, q.device)
-    K.sparse_mla_fwd(q, cache, idx, ln, sink, ecache, eidx, eln, out, lse, ws, splits,
-                     rows_per_length=rows_per_length)
+    K.sparse_mla_fwd(
+        q,
+        cache,
+        idx,
+        ln,
+        sink,
+        ecache,
+        eidx,
+        eln,
+        out,
+        lse,
+        ws,
+        splits,
+        rows_per_length=rows_per_length,
+    )
     return out, lse
 
 
@@ -143,20 +156,36 @@ def test_flash_mla_compat_mtp():
     meta, none = K.get_mla_metadata()
     assert none is None
     out, lse = K.flash_mla_with_kvcache(
-        q=q.view(b, s_q, h, 512), k_cache=cache, head_dim_v=512, block_table=None, cache_seqlens=None,
-        tile_scheduler_metadata=meta, softmax_scale=512**-0.5, is_fp8_kvcache=True,
-        indices=idx.view(b, s_q, -1), topk_length=ln, attn_sink=sink, extra_k_cache=ecache,
-        extra_indices_in_kvcache=eidx.view(b, s_q, -1), extra_topk_length=eln,
+        q=q.view(b, s_q, h, 512),
+        k_cache=cache,
+        head_dim_v=512,
+        block_table=None,
+        cache_seqlens=None,
+        tile_scheduler_metadata=meta,
+        softmax_scale=512**-0.5,
+        is_fp8_kvcache=True,
+        indices=idx.view(b, s_q, -1),
+        topk_length=ln,
+        attn_sink=sink,
+        extra_k_cache=ecache,
+        extra_indices_in_kvcache=eidx.view(b, s_q, -1),
+        extra_topk_length=eln,
     )
     assert out.shape == (b, s_q, h, 512) and lse.shape == (b, h, s_q)
-    ref_out, ref_lse = R.sparse_mla_ref(q, cache, idx, ln.repeat_interleave(s_q), sink, ecache, eidx,
-                                        eln.repeat_interleave(s_q))
+    ref_out, ref_lse = R.sparse_mla_ref(
+        q, cache, idx, ln.repeat_interleave(s_q), sink, ecache, eidx, eln.repeat_interleave(s_q)
+    )
     _check(out.reshape(b * s_q, h, 512), lse.transpose(1, 2).reshape(b * s_q, h), ref_out, ref_lse)
 
 
 @settings(max_examples=6, deadline=None)
-@given(t=st.integers(1, 3), k0=st.integers(1, 70), k1=st.integers(0, 40), splits=st.integers(1, 4),
-       seed=st.integers(0, 1000))
+@given(
+    t=st.integers(1, 3),
+    k0=st.integers(1, 70),
+    k1=st.integers(0, 40),
+    splits=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+)
 def test_kernel_random_shapes(t, k0, k1, splits, seed):
     q, cache, idx, ecache, eidx, sink = _case(t, 8, 4, 9, k0, 2 if k1 else None, 7, k1, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -164,6 +193,60 @@ def test_kernel_random_shapes(t, k0, k1, splits, seed):
     ln = torch.randint(0, k0 + 1, (t,), generator=g, dtype=torch.int32)
     out, lse = _run(q, cache, idx, ln, sink, ecache, eidx, None, splits)
     _check(out, lse, *R.sparse_mla_ref(q, cache, idx, ln, sink, ecache, eidx, None))
+
+
+@pytest.mark.parametrize("t, h, splits", [(3, 32, 1), (3, 32, 4), (24, 32, 1), (24, 32, 4), (12, 64, 3)])
+def test_kernel_tiles(t, h, splits):
+    """Every tile at 32 / 64 heads (CPU: 8 SMs): 3 rows take the 16-head tile; 24 rows (12 at 64
+    heads) the 32-head prefill tile unsplit, the 32-head decode tile split (interpreter: its L2
+    prefetch off).  Block boundaries inside and across the two lists, short and empty lengths, empty
+    splits."""
+    q, cache, idx, ecache, eidx, sink = _case(t, h, 16, 6, 40, 4, 8, 37, seed=t + splits)
+    idx[0, 5] = -1
+    eidx[2, :9] = -1
+    ln = torch.randint(0, 41, (t,), generator=torch.Generator().manual_seed(t), dtype=torch.int32)
+    eln = torch.randint(0, 38, (t,), generator=torch.Generator().manual_seed(splits), dtype=torch.int32)
+    ln[1], eln[1], ln[2], eln[2] = 0, 0, 17, 30
+    out, lse = _run(q, cache, idx, ln, sink, ecache, eidx, eln, splits)
+    _check(out, lse, *R.sparse_mla_ref(q, cache, idx, ln, sink, ecache, eidx, eln))
+    assert (out[1] == 0).all() and (lse[1] == math.inf).all()
+
+
+def test_tile_choice():
+    """16-head tile below LARGE_DECODE_PROGRAMS 16-head programs or under 32 heads, the 32-head L2
+    tile from there on, the prefill tile only unsplit at >= 2 x SMs 32-head programs."""
+    dev = torch.device("cpu")
+    sms = 8  # num_sms off CUDA
+    small, large, prefill = K._CFG_DECODE_SMALL, K._CFG_DECODE_LARGE, K._CFG_PREFILL
+    assert (small.block_h, small.block_n, small.l2_ahead) == (16, 16, 0)
+    assert (large.block_h, large.block_n, large.l2_ahead) == (32, 32, 2)
+    assert K.LARGE_DECODE_PROGRAMS == 48
+    for h in (8, 16):
+        assert K._pick_cfg(1000, h, dev, split=False) is small
+    assert K._pick_cfg(23, 32, dev, split=True) is small
+    assert K._pick_cfg(24, 32, dev, split=True) is large
+    assert K._pick_cfg(11, 64, dev, split=True) is small
+    assert K._pick_cfg(12, 64, dev, split=True) is large
+    assert K._pick_cfg(6, 128, dev, split=True) is large
+    assert K._pick_cfg(2 * sms, 32, dev, split=False) is prefill
+    assert K._pick_cfg(2 * sms - 1, 32, dev, split=False) is small  # 15 rows = 30 16-head programs
+
+
+def test_split_choice_and_workspace():
+    """Splits never exceed one program per SM (when rows x head blocks fit) nor the tile's
+    min_blocks per split; workspace_for covers every row count."""
+    dev = torch.device("cpu")
+    sms = 8  # num_sms off CUDA
+    for h in K.SUPPORTED_HEADS:
+        need = 0
+        for rows in range(1, 64):
+            cfg = K._pick_cfg(rows, h, dev, split=True)
+            s = K.choose_num_splits(rows, h, 128, 512, dev)
+            programs = rows * -(-h // cfg.block_h)
+            blocks = -(-128 // cfg.block_n) - (-512 // cfg.block_n)
+            assert s == 1 or (programs * s <= sms and s * cfg.min_blocks <= blocks), (h, rows, s)
+            need = max(need, rows * s * h if s > 1 else 0)
+        assert K.workspace_for(63, h, 128, 512, dev).capacity >= need
 
 
 def test_bad_inputs():
@@ -184,6 +267,13 @@ def test_bad_inputs():
     short = cache.view(torch.uint8).as_strided((4, 4, 1, 576), cache.stride())
     bad(1, short, r"k_cache: expected \[num_pages")
     bad(1, torch.zeros(4, 4, 1, 584, dtype=torch.float32), "k_cache: expected uint8")
+    odd = torch.zeros(4 * 2344 + 8, dtype=torch.uint8).as_strided((4, 4, 1, 584), (2344, 584, 584, 1))
+    bad(1, odd, "k_cache: expected a 16-byte aligned")
+    bad(
+        1,
+        torch.zeros(4 * 2880 + 1, dtype=torch.uint8)[1:].as_strided((4, 4, 1, 584), (2880, 584, 584, 1)),
+        "k_cache: expected a 16-byte aligned",
+    )
     bad(2, idx.long(), r"indices: expected int32 \[2, topk\]")
     bad(3, torch.zeros(3, dtype=torch.int32), r"topk_length: expected int32 \[2\]")
     bad(4, sink[:4], r"attn_sink: expected fp32 \[8\]")
@@ -210,7 +300,7 @@ def _dsv4_case(t, h, layer, topk, seed=0, swa_len=128):
     ln = torch.randint(1, swa_len + 1, (t,), device=dev, generator=g, dtype=torch.int32)
     sink_all = torch.randn(64, device=dev, generator=g)
     rank = 1 if h < 64 else 0
-    sink = sink_all[rank * h:(rank + 1) * h]  # this rank's slice of the global head range
+    sink = sink_all[rank * h : (rank + 1) * h]  # this rank's slice of the global head range
     ecache = eidx = eln = None
     if layer:
         p = C4_P if layer == 4 else C128_P
@@ -232,8 +322,9 @@ def _ref_chunked(q, swa, idx, ln, sink, ecache, eidx, eln, chunk=256):
     outs, lses = [], []
     for s in range(0, q.shape[0], chunk):
         e = slice(s, s + chunk)
-        o, lse = R.sparse_mla_ref(q[e], swa, idx[e], ln[e], sink, ecache,
-                                  None if eidx is None else eidx[e], None if eln is None else eln[e])
+        o, lse = R.sparse_mla_ref(
+            q[e], swa, idx[e], ln[e], sink, ecache, None if eidx is None else eidx[e], None if eln is None else eln[e]
+        )
         outs.append(o)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses)
@@ -241,8 +332,9 @@ def _ref_chunked(q, swa, idx, ln, sink, ecache, eidx, eln, chunk=256):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("h", [8, 16, 32, 64])
-@pytest.mark.parametrize("layer, topk", [(0, 0), (4, 128), (4, 192), (4, 256), (4, 512), (4, 1152),
-                                         (4, 2048), (128, 64), (128, 512)])
+@pytest.mark.parametrize(
+    "layer, topk", [(0, 0), (4, 128), (4, 192), (4, 256), (4, 512), (4, 1152), (4, 2048), (128, 64), (128, 512)]
+)
 @pytest.mark.parametrize("t", [1, 8, 64])
 def test_gpu_decode_matrix(h, layer, topk, t):
     case = _dsv4_case(t, h, layer, topk, seed=h * 7 + topk + t)
@@ -260,10 +352,20 @@ def test_gpu_mtp_compat(s_q):
     ln = torch.randint(1, 129, (b,), device="cuda", dtype=torch.int32)
     eln = torch.randint(1, 513, (b,), device="cuda", dtype=torch.int32)
     out, lse = K.flash_mla_with_kvcache(
-        q=q.view(b, s_q, h, 512), k_cache=swa, head_dim_v=512, block_table=None, cache_seqlens=None,
-        tile_scheduler_metadata=K.get_mla_metadata()[0], softmax_scale=512**-0.5, is_fp8_kvcache=True,
-        indices=idx.view(b, s_q, -1), topk_length=ln, attn_sink=sink, extra_k_cache=ecache,
-        extra_indices_in_kvcache=eidx.view(b, s_q, -1), extra_topk_length=eln,
+        q=q.view(b, s_q, h, 512),
+        k_cache=swa,
+        head_dim_v=512,
+        block_table=None,
+        cache_seqlens=None,
+        tile_scheduler_metadata=K.get_mla_metadata()[0],
+        softmax_scale=512**-0.5,
+        is_fp8_kvcache=True,
+        indices=idx.view(b, s_q, -1),
+        topk_length=ln,
+        attn_sink=sink,
+        extra_k_cache=ecache,
+        extra_indices_in_kvcache=eidx.view(b, s_q, -1),
+        extra_topk_length=eln,
     )
     ref = _ref_chunked(q, swa, idx, ln.repeat_interleave(s_q), sink, ecache, eidx, eln.repeat_interleave(s_q))
     _check(out.reshape(b * s_q, h, 512), lse.transpose(1, 2).reshape(b * s_q, h), *ref)
@@ -278,7 +380,18 @@ def test_gpu_prefill(h, layer, topk):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t, h", [(1, 32), (8, 32), (64, 64)])
+@pytest.mark.parametrize("h, layer, topk", [(32, 4, 512), (64, 4, 512), (32, 128, 64), (32, 0, 0)])
+@pytest.mark.parametrize("t", [11, 12, 23, 24, 48])
+def test_gpu_tile_switch(h, layer, topk, t):
+    """Row counts around the small / large decode tile switch (24 rows at 32 heads, 12 at 64)."""
+    case = _dsv4_case(t, h, layer, topk, seed=h + topk + t)
+    splits = K.choose_num_splits(t, h, 128, topk, case[0].device)
+    out, lse = _run(*case, splits=splits)
+    _check(out, lse, *_ref_chunked(*case))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t, h", [(1, 32), (8, 32), (32, 32), (64, 64)])
 def test_gpu_cuda_graph_replay(t, h):
     q, swa, idx, ln, sink, ecache, eidx, eln = _dsv4_case(t, h, 4, 512, seed=5)
     ws = K.workspace_for(t, h, 128, 512, "cuda")

@@ -7,15 +7,17 @@ Replaces SGLang's ``triton_w8a8_block_fp8_linear`` / ``w8a8_block_fp8_matmul_tri
 quantised per token per ``bk`` group (SGLang's ``per_token_group_quant_fp8``) and weight scales are fp32 or
 UE8M0 bytes.
 
-One kernel, two launch shapes: *decode* (M <= 16: BLOCK_M 16, split-K over a fp32 workspace plus a reduce
-kernel so every SM streams weights; the bf16 activation is quantised in registers, so a decode linear is
-one or two launches) and *prefill* (BLOCK_M 64/128 x BLOCK_N 128, grouped tile order). No swap-AB is needed:
-``mma.sync`` tiles are 16 rows tall, so BLOCK_M = 16 already wastes nothing on the weight side.
+One kernel; a :class:`GemmConfig` per M regime (``decode`` M <= 16, ``mid`` M <= 64, ``prefill``) in
+:data:`CONFIGS` picks the tile, the K loop tile (the scale block or half of it), split-K (fp32 partials summed by
+a second kernel) and whether bf16 activations are quantised in registers inside the GEMM (decode: a linear is
+one or two launches) or by a separate kernel first. No swap-AB is needed: ``mma.sync`` tiles are 16 rows tall,
+so BLOCK_M = 16 already wastes nothing on the weight side.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,14 +27,56 @@ from sglang_sm120.kernels.registry import AotConfig, register_aot
 from sglang_sm120.platform import guard_compiled, num_sms
 
 FP8_MAX = 448.0
-DECODE_MAX_M = 16
+MAX_SPLITS = 64  # split-K never exceeds this: a workspace of MAX_SPLITS * batch * M * N fp32 always suffices
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _E8M0 = (torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
-# block_k -> (BLOCK_M, BLOCK_N, num_warps, num_stages)
-_DECODE = {128: (16, 64, 4, 4), 32: (16, 64, 4, 8)}
-_PREFILL_M64 = {128: (64, 128, 8, 3), 32: (64, 128, 4, 4)}
-_PREFILL_M128 = {128: (128, 64, 8, 3), 32: (128, 128, 8, 4)}
 _QUANT_GROUPS = 16  # activation-quant kernel: K groups per program
+_REDUCE_BLOCK, _REDUCE_CHUNK = 512, 8  # split-K reduce: columns per program, partials loaded per step
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One launch configuration of the GEMM kernel.
+
+    ``waves``: split K until ``waves * SMs`` programs run (at most :data:`MAX_SPLITS` splits; fp32 partials +
+    a reduce launch). ``block_k``: K loop tile, the scale block (0) or half of it (scales are then re-read per
+    half tile). ``fuse_quant``: bf16 activations are quantised in registers inside the GEMM (needs ``block_k``
+    = the scale block); else :func:`per_token_group_quant_fp8` runs first.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    waves: int
+    block_k: int = 0
+    fuse_quant: bool = False
+
+
+_DECODE_MAX_M, _MID_MAX_M = 16, 64
+# scale block -> regime -> config. 128 (V4): the fastest of an H100 sweep (mma.sync, CUDA-graph replays) on the
+# DSV4 wq_a / wq_b / wo_a / wo_b shapes. Decode: 16x32 tiles, fused quant (7-13 us at M 1 and 16). Mid: fused
+# quant took 1.35-1.85x the time of a separate quant launch plus 64x64 tiles. Prefill: 128x64 with 64-wide K
+# tiles on 4 warps took 11-23 % less time than 128x64 on 8 warps and 128x128 at M = 4096 (BLOCK_K 128 spills
+# at 128x64 on 4 warps). 32 (V4.1): not swept.
+CONFIGS: dict[int, dict[str, GemmConfig]] = {
+    128: {
+        "decode": GemmConfig(16, 32, 4, 4, waves=2, fuse_quant=True),
+        "mid": GemmConfig(64, 64, 4, 4, waves=1),
+        "prefill": GemmConfig(128, 64, 4, 4, waves=1, block_k=64),
+    },
+    32: {
+        "decode": GemmConfig(16, 64, 4, 8, waves=2, fuse_quant=True),
+        "mid": GemmConfig(64, 128, 4, 4, waves=1),
+        "prefill": GemmConfig(128, 128, 8, 4, waves=1),
+    },
+}
+
+
+def config_for(m: int, scale_k: int) -> GemmConfig:
+    """The :data:`CONFIGS` entry serving ``m`` rows with ``scale_k``-wide scale blocks."""
+    regime = "decode" if m <= _DECODE_MAX_M else ("mid" if m <= _MID_MAX_M else "prefill")
+    return CONFIGS[scale_k][regime]
 
 
 @triton.jit
@@ -70,20 +114,22 @@ def _fp8_gemm_kernel(
     stride_cs,
     stride_cb,
     stride_cm,
-    kb_per_split,
+    kt_per_split,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    SCALE_N: tl.constexpr,
+    SCALE_K: tl.constexpr,
     QUANT_A: tl.constexpr,
     B_E8M0: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """Grid (m_tiles * n_tiles, splits, batch). A ``[b, M, K]`` e4m3 bytes (or bf16 when QUANT_A), B
-    ``[b, N, K]`` e4m3 bytes, K contiguous; BLOCK_K == the scale block along K. Split s covers K blocks
-    ``[s * kb_per_split, (s + 1) * kb_per_split)`` and writes ``c + s * stride_cs`` (fp32 partials or
-    the final output, whatever c's element type is)."""
+    ``[b, N, K]`` e4m3 bytes, K contiguous; scales per ``SCALE_K`` x ``SCALE_K`` weight block and per
+    ``SCALE_K`` activation group; BLOCK_K (the K loop tile) divides SCALE_K (equals it when QUANT_A). Split s
+    covers K tiles ``[s * kt_per_split, (s + 1) * kt_per_split)`` and writes ``c + s * stride_cs`` (fp32
+    partials or the final output, whatever c's element type is)."""
     GROUP_M: tl.constexpr = 8
+    TILES_PER_SCALE: tl.constexpr = SCALE_K // BLOCK_K
     # the wrappers guarantee these (16-byte rows): vectorised, pipelined loads even when the JIT cannot see it
     K = K // 16 * 16
     stride_ab = stride_ab // 16 * 16
@@ -105,19 +151,20 @@ def _fp8_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    kb0 = pid_s * kb_per_split
-    kb1 = tl.minimum(kb0 + kb_per_split, tl.cdiv(K, BLOCK_K))
-    offs_k = kb0 * BLOCK_K + tl.arange(0, BLOCK_K)
+    kt0 = pid_s * kt_per_split
+    kt1 = tl.minimum(kt0 + kt_per_split, tl.cdiv(K, BLOCK_K))
+    offs_k = kt0 * BLOCK_K + tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + pid_b * stride_ab + (offs_m[:, None] * stride_am + offs_k[None, :])
     b_ptrs = b_ptr + pid_b * stride_bb + (offs_n[None, :] * stride_bn + offs_k[:, None])
     a_ptrs = tl.multiple_of(a_ptrs, [16, 16])  # base pointers are 16-byte aligned (checked by the wrappers)
     b_ptrs = tl.multiple_of(b_ptrs, [16, 16])
-    sa_ptrs = as_ptr + pid_b * stride_sab + offs_m * stride_sam + kb0 * stride_sak
-    sb_ptrs = bs_ptr + pid_b * stride_sbb + (offs_n // SCALE_N) * stride_sbn + kb0 * stride_sbk
+    sa_row = as_ptr + pid_b * stride_sab + offs_m * stride_sam
+    sb_row = bs_ptr + pid_b * stride_sbb + (offs_n // SCALE_K) * stride_sbn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(kb0, kb1):
+    for kt in range(kt0, kt1):
         k_ok = offs_k < K
+        ks = kt // TILES_PER_SCALE
         if QUANT_A:
             # SGLang per_token_group_quant_fp8: s = max(amax, 1e-10) / 448, q = clamp(x * (1/s))
             x = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
@@ -127,11 +174,11 @@ def _fp8_gemm_kernel(
             a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             if a.dtype == tl.uint8:  # the interpreter gets fp8 tensors as bytes
                 a = a.to(tl.float8e4nv, bitcast=True)
-            sa = tl.load(sa_ptrs, mask=m_ok, other=0.0)
+            sa = tl.load(sa_row + ks * stride_sak, mask=m_ok, other=0.0)
         b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         if b.dtype == tl.uint8:
             b = b.to(tl.float8e4nv, bitcast=True)
-        sb = tl.load(sb_ptrs, mask=n_ok, other=0)
+        sb = tl.load(sb_row + ks * stride_sbk, mask=n_ok, other=0)
         if B_E8M0:
             sb = (sb.to(tl.int32) << 23).to(tl.float32, bitcast=True)
         if UPCAST:  # the interpreter has no fp8 dot
@@ -142,8 +189,6 @@ def _fp8_gemm_kernel(
         offs_k += BLOCK_K
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-        sa_ptrs += stride_sak
-        sb_ptrs += stride_sbk
 
     c_ptrs = c_ptr + pid_s.to(tl.int64) * stride_cs + pid_b * stride_cb
     c_ptrs += offs_m[:, None] * stride_cm + offs_n[None, :]
@@ -151,15 +196,20 @@ def _fp8_gemm_kernel(
 
 
 @triton.jit
-def _splitk_reduce_kernel(p_ptr, c_ptr, M, N, splits, stride_ps, stride_cb, stride_cm, BLOCK: tl.constexpr):
-    """Grid (batch * M, cdiv(N, BLOCK)): ``c[b, m, :] = sum_s p[s, b, m, :]`` (p contiguous fp32)."""
+def _splitk_reduce_kernel(
+    p_ptr, c_ptr, M, N, splits, stride_ps, stride_cb, stride_cm, BLOCK: tl.constexpr, CHUNK: tl.constexpr
+):
+    """Grid (batch * M, cdiv(N, BLOCK)): ``c[b, m, :] = sum_s p[s, b, m, :]`` (p contiguous fp32), CHUNK
+    partials loaded at once (independent loads in flight; fixed summation order)."""
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N
     src = p_ptr + row.to(tl.int64) * N + offs
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(splits):
-        acc += tl.load(src + s * stride_ps, mask=ok, other=0.0)
+    for s0 in range(0, splits, CHUNK):
+        s = s0 + tl.arange(0, CHUNK)
+        p = tl.load(src[None, :] + s.to(tl.int64)[:, None] * stride_ps, mask=(s < splits)[:, None] & ok[None, :])
+        acc += tl.sum(p, 0)
     b = row // M
     dst = c_ptr + b.to(tl.int64) * stride_cb + (row % M).to(tl.int64) * stride_cm + offs
     tl.store(dst, acc.to(c_ptr.dtype.element_ty), mask=ok)
@@ -190,41 +240,38 @@ def _gemm_signature(a: str, bs: str, c: str) -> dict[str, str]:
     for name in ("stride_ab", "stride_am", "stride_sab", "stride_sam", "stride_sak", "stride_bb", "stride_bn",
                  "stride_sbb", "stride_sbn", "stride_sbk", "stride_cs", "stride_cb", "stride_cm"):
         sig[name] = "i32"  # what the runtime JIT passes for ints < 2^31
-    sig["kb_per_split"] = "i32"
+    sig["kt_per_split"] = "i32"
     return sig
 
 
-def _gemm_config(table: dict, bk: int, quant_a: bool, e8m0: bool) -> AotConfig:
-    bm, bn, nw, ns = table[bk]
-    consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SCALE_N": bk, "QUANT_A": quant_a, "B_E8M0": e8m0,
-              "UPCAST": False}
-    return AotConfig(consts, num_warps=nw, num_stages=ns)
+def _aot_config(cfg: GemmConfig, scale_k: int, quant_a: bool, e8m0: bool) -> AotConfig:
+    consts = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k or scale_k, "SCALE_K": scale_k,
+              "QUANT_A": quant_a, "B_E8M0": e8m0, "UPCAST": False}
+    return AotConfig(consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
-# Decode: A fp8 (einsum, pre-quantised) or bf16 (linear), C fp32 partials or bf16; weight scales fp32 or
-# UE8M0. Prefill: A fp8, C bf16.
+# Every config with fp8 activations (einsum, matmul, separately quantised linear); the fuse_quant ones also with
+# bf16 activations. C: fp32 (split-K partials, fp32 output) or bf16; weight scales fp32 or UE8M0.
 for _a, _qa in (("*fp8e4nv", False), ("*bf16", True)):
     for _c in ("*fp32", "*bf16"):
         for _bs, _e8 in (("*fp32", False), ("*u8", True)):
             register_aot(
-                f"fp8_gemm.decode[a={_a[1:]},c={_c[1:]},s={_bs[1:]}]",
+                f"fp8_gemm.gemm[a={_a[1:]},c={_c[1:]},s={_bs[1:]}]",
                 _fp8_gemm_kernel,
                 signature=_gemm_signature(_a, _bs, _c),
-                configs=[_gemm_config(_DECODE, bk, _qa, _e8) for bk in (128, 32)],
+                configs=[
+                    _aot_config(cfg, sk, _qa, _e8)
+                    for sk, regimes in CONFIGS.items()
+                    for cfg in regimes.values()
+                    if cfg.fuse_quant or not _qa
+                ],
             )
-for _bs, _e8 in (("*fp32", False), ("*u8", True)):
-    register_aot(
-        f"fp8_gemm.prefill[s={_bs[1:]}]",
-        _fp8_gemm_kernel,
-        signature=_gemm_signature("*fp8e4nv", _bs, "*bf16"),
-        configs=[_gemm_config(t, bk, False, _e8) for t in (_PREFILL_M64, _PREFILL_M128) for bk in (128, 32)],
-    )
 register_aot(
     "fp8_gemm.splitk_reduce",
     _splitk_reduce_kernel,
     signature={"p_ptr": "*fp32", "c_ptr": "*bf16", "M": "i32", "N": "i32", "splits": "i32", "stride_ps": "i32",
                "stride_cb": "i32", "stride_cm": "i32"},
-    configs=[AotConfig({"BLOCK": 1024}, num_warps=4, num_stages=1)],
+    configs=[AotConfig({"BLOCK": _REDUCE_BLOCK, "CHUNK": _REDUCE_CHUNK}, num_warps=4, num_stages=1)],
 )
 register_aot(
     "fp8_gemm.act_quant",
@@ -235,6 +282,7 @@ register_aot(
         for g in (128, 32)
     ],
 )
+
 
 def _check_block(block_size) -> tuple[int, int]:
     if len(block_size) != 2 or tuple(block_size) not in ((128, 128), (32, 32)):
@@ -264,12 +312,12 @@ def _launch(
     b: torch.Tensor,
     b_scale: torch.Tensor,
     out: torch.Tensor,
-    bk: int,
+    scale_k: int,
     b_e8m0: bool,
     workspace: torch.Tensor | None,
 ) -> None:
     """a ``[B, M, K]`` (u8 or bf16), a_scale ``[B, M, KB]`` or None (then quantised in-kernel), b ``[B, N, K]``
-    u8, b_scale ``[B, NB, KB]``, out ``[B, M, N]`` (last dim contiguous)."""
+    u8, b_scale ``[B, NB, KB]``, out ``[B, M, N]`` (last dim contiguous); config :func:`config_for` M."""
     batch, m, k = a.shape
     n = b.shape[1]
     if batch == 0 or m == 0 or n == 0:
@@ -278,20 +326,14 @@ def _launch(
         if k % 16 or any(st % 16 for st in t.stride()[:2]) or t.data_ptr() % 16:
             raise ValueError(f"{name}: K ({k}), the row/batch strides {t.stride()[:2]} and the data pointer "
                              "must be multiples of 16")
+    cfg = config_for(m, scale_k)
+    bk = cfg.block_k or scale_k
     quant_a = a_scale is None
-    if quant_a and m > DECODE_MAX_M:
-        raise ValueError("internal: in-kernel activation quantisation is for M <= 16")
-    decode = m <= DECODE_MAX_M
-    table = _DECODE if decode else (_PREFILL_M64 if m <= 256 else _PREFILL_M128)
-    bm, bn, nw, ns = table[bk]
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    kblocks = triton.cdiv(k, bk)
-    splits = 1
-    if decode:
-        want = triton.cdiv(2 * num_sms(a.device), tiles * batch)
-        per = triton.cdiv(kblocks, max(1, min(kblocks, want)))
-        splits = triton.cdiv(kblocks, per)
-    per = triton.cdiv(kblocks, splits)
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    ktiles = triton.cdiv(k, bk)
+    want = min(ktiles, MAX_SPLITS, triton.cdiv(cfg.waves * num_sms(a.device), tiles * batch))
+    per = triton.cdiv(ktiles, max(1, want))
+    splits = triton.cdiv(ktiles, per)
     if splits > 1:
         need = splits * batch * m * n
         if workspace is None:
@@ -307,14 +349,15 @@ def _launch(
         a, sa, b, b_scale, target, m, n, k,
         a.stride(0), a.stride(1), *sa_strides, b.stride(0), b.stride(1), *b_scale.stride(),
         stride_cs, stride_cb, stride_cm, per,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SCALE_N=bk, QUANT_A=quant_a, B_E8M0=b_e8m0, UPCAST=_INTERPRET,
-        num_warps=nw, num_stages=ns,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, SCALE_K=scale_k, QUANT_A=quant_a, B_E8M0=b_e8m0,
+        UPCAST=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     guard_compiled("fp8_gemm.gemm", compiled)
     if splits > 1:
-        compiled = _splitk_reduce_kernel[(batch * m, triton.cdiv(n, 1024))](
-            workspace, out, m, n, splits, batch * m * n, out.stride(0), out.stride(1), BLOCK=1024, num_warps=4
-        )
+        compiled = _splitk_reduce_kernel[(batch * m, triton.cdiv(n, _REDUCE_BLOCK))](
+            workspace, out, m, n, splits, batch * m * n, out.stride(0), out.stride(1),
+            BLOCK=_REDUCE_BLOCK, CHUNK=_REDUCE_CHUNK, num_warps=4,
+        )  # fmt: skip
         guard_compiled("fp8_gemm.splitk_reduce", compiled)
 
 
@@ -359,7 +402,8 @@ def w8a8_block_fp8_matmul(
 ) -> torch.Tensor:
     """SGLang ``w8a8_block_fp8_matmul_triton``: A ``[..., K]`` e4m3, B ``[N, K]`` e4m3, As ``[..., ceil(K/bk)]``
     fp32 (row-major), Bs ``[ceil(N/bn), ceil(K/bk)]`` fp32 or UE8M0 -> ``[..., N]`` ``output_dtype``
-    (bf16/fp16/fp32). ``workspace``: fp32 split-K scratch (decode) to avoid an allocation in graph capture."""
+    (bf16/fp16/fp32). ``workspace``: fp32 split-K scratch (>= ``MAX_SPLITS * M * N``) to avoid an allocation in
+    graph capture."""
     bn, bk = _check_block(block_size)
     if A.dim() < 1 or B.dim() != 2 or A.shape[-1] != B.shape[1]:
         raise ValueError(f"A/B: expected A [..., K] and B [N, K], got {list(A.shape)} and {list(B.shape)}")
@@ -394,7 +438,8 @@ def w8a8_block_fp8_linear(
 ) -> torch.Tensor:
     """SGLang ``triton_w8a8_block_fp8_linear``: input ``[..., K]`` bf16, weight ``[N, K]`` e4m3,
     weight_scale ``[ceil(N/bn), ceil(K/bk)]`` fp32/UE8M0 -> ``[..., N]`` bf16. Activations are quantised per
-    token per ``bk`` group (in registers when M <= 16, else by a separate kernel)."""
+    token per ``bk`` group (in registers inside the GEMM when M <= 16, else by a separate kernel first).
+    ``workspace``: as :func:`w8a8_block_fp8_matmul`."""
     if input_scale is not None:
         raise ValueError("input_scale: must be None (activations are quantised dynamically)")
     bn, bk = _check_block(block_size)
@@ -410,7 +455,7 @@ def w8a8_block_fp8_linear(
     ws, e8m0 = _weight_scale("weight_scale", weight_scale, (triton.cdiv(n, bn), triton.cdiv(k, bk)))
     m = x.shape[0]
     out = torch.empty((m, n), dtype=torch.bfloat16, device=input.device)
-    if m <= DECODE_MAX_M:
+    if config_for(m, bk).fuse_quant:
         _launch(x[None], None, w8[None], ws[None], out[None], bk, e8m0, workspace)
     else:
         q, s = per_token_group_quant_fp8(x, bk)
@@ -435,7 +480,8 @@ def fp8_einsum(
     a ``[T, G, K]`` e4m3 (K contiguous), sa ``[T, G, ceil(K/128)]`` fp32 (any strides); b ``[G, N, K]`` e4m3,
     sb the *raw* block scales ``[G, N/128, ceil(K/128)]`` (or ``[G*N/128, ceil(K/128)]``) fp32 or UE8M0 —
     i.e. SGLang's ``_setup_fp8_wo_a_scales`` transform must be skipped; d ``[T, G, N]`` bf16 (N contiguous),
-    written in place. ``recipe`` (1, 1, 32) selects V4.1's 32x32 blocks.
+    written in place. ``recipe`` (1, 1, 32) selects V4.1's 32x32 blocks. ``workspace``: fp32 split-K scratch
+    (>= ``MAX_SPLITS * T * G * N``).
     """
     if tuple(recipe) not in ((1, 1, 128), (1, 1, 32)):
         raise ValueError(f"recipe: expected (1, 1, 128) or (1, 1, 32), got {tuple(recipe)}")

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from sglang_sm120.kernels.registry import AotConfig, register_aot
-from sglang_sm120.kernels.topk import topk_transform_512
+from sglang_sm120.kernels.topk import topk_transform_512, topk_workspace_numel
 from sglang_sm120.platform import guard_compiled, num_sms
 
 NUM_HEADS = 64
@@ -115,14 +115,21 @@ def _mqa_logits_kernel(
     t = tl.arange(0, BN)
     rows64 = rows.to(tl.int64)
     out_rows = out_ptr + rows64[None, :] * out_stride
-    neg_inf = tl.full((BN, ROWS), float("-inf"), dtype=tl.float32)
     if store_all != 0:
-        # keys of this chunk that no row of the group can see
-        for t0 in range(tok_begin, tok_end, BN):
+        # keys of this chunk that no row of the group can see: [tok_begin, dead_a) and [dead_b, tok_end);
+        # tiles stay 64-aligned (tile-aligned starts keep the stores vectorized)
+        neg_inf = tl.full((BN, ROWS), float("-inf"), dtype=tl.float32)
+        dead_a = tl.minimum(live_begin, tok_end)
+        dead_b = tl.maximum(tl.maximum(live_end, live_begin), tok_begin)
+        for t0 in range(tok_begin, dead_a, BN):
             tok = t0 + t
-            dead = (tok < live_begin) | (tok >= live_end)
             col = tok[:, None] - col_off[None, :]
-            m = dead[:, None] & (tok < tok_end)[:, None] & row_ok[None, :] & (col >= 0) & (col < out_width)
+            m = (tok < dead_a)[:, None] & row_ok[None, :] & (col >= 0) & (col < out_width)
+            tl.store(out_rows + col, neg_inf, mask=m)
+        for t0 in range(tok_begin + (dead_b - tok_begin) // BN * BN, tok_end, BN):
+            tok = t0 + t
+            col = tok[:, None] - col_off[None, :]
+            m = ((tok >= dead_b) & (tok < tok_end))[:, None] & row_ok[None, :] & (col >= 0) & (col < out_width)
             tl.store(out_rows + col, neg_inf, mask=m)
 
     for t0 in range(live_begin, live_end, BN):
@@ -380,6 +387,7 @@ def paged_indexer_topk(
     *,
     max_logits_bytes: int | None = None,
     workspace: torch.Tensor | None = None,
+    topk_workspace: torch.Tensor | None = None,
 ) -> None:
     """Paged logits + top-k transform for DSV4 rows (``next_n == 1``), in row chunks under a memory cap.
 
@@ -387,7 +395,9 @@ def paged_indexer_topk(
     :func:`~sglang_sm120.kernels.topk.topk_transform_512` (out ``[R, 512|1024]`` int32, page size 64).
     The logits buffer holds at most ``max_logits_bytes`` (default ``SGLANG_SM120_INDEXER_MAX_LOGITS_MB``
     = 256 MiB; at least one row); ``workspace`` (fp32, >= that many elements) avoids the allocation.
-    Chunking depends only on shapes, so it is CUDA-graph safe.
+    ``topk_workspace``: the top-k scratch (int32, >= ``topk_workspace_numel(rows per chunk, P * 64, K)``;
+    default: :func:`~sglang_sm120.kernels.topk.topk_transform_512`'s cached one). Chunking depends only on
+    shapes, so it is CUDA-graph safe.
     """
     if q_fp8.dim() != 4 or q_fp8.shape[1] != 1:
         raise ValueError(f"q_fp8: expected [R, 1, {NUM_HEADS}, {HEAD_DIM}], got {list(q_fp8.shape)}")
@@ -399,6 +409,10 @@ def paged_indexer_topk(
         workspace = torch.empty(chunk * width, dtype=torch.float32, device=q_fp8.device)
     elif workspace.dtype != torch.float32 or workspace.numel() < chunk * width or not workspace.is_contiguous():
         raise ValueError(f"workspace: expected >= {chunk * width} contiguous float32, got {workspace.numel()}")
+    if topk_workspace is not None and out_page_indices.dim() == 2 and out_page_indices.shape[1] in (512, 1024):
+        need = topk_workspace_numel(chunk, width, out_page_indices.shape[1])
+        if topk_workspace.dtype != torch.int32 or topk_workspace.numel() < need or not topk_workspace.is_contiguous():
+            raise ValueError(f"topk_workspace: expected >= {need} contiguous int32, got {topk_workspace.numel()}")
     sl = seq_lens.reshape(rows)
     for r0 in range(0, rows, chunk):
         r1 = min(rows, r0 + chunk)
@@ -413,4 +427,5 @@ def paged_indexer_topk(
             out_page_indices[r0:r1],
             PAGE_TOKENS,
             None if out_raw_indices is None else out_raw_indices[r0:r1],
+            workspace=topk_workspace,
         )

@@ -5,23 +5,28 @@ them, *before* Marlin repacking: ``w13 [E, 2I, H/2]`` int8/uint8 (rows ``[gate; 
 nibble = even k), ``w2 [E, H, I/2]``, scales ``[E, 2I, H/32]`` / ``[E, H, I/32]`` as fp32 powers of two
 (0.5.12) or UE8M0 bytes (``uint8`` / ``float8_e8m0fnu``, 0.5.16).
 
-Pipeline (6 launches, graph-safe, no host sync; grids depend on shapes only):
+Decode and short prefill chunks (up to ``GEMV_MAX_TOKENS`` = 512 tokens; 2 launches, no routing pass): GEMV on
+CUDA cores, one program per
+(row tile, slot) for gate/up + SwiGLU and per (row tile, token) for the down projection with the top-k sum
+fused (:func:`_fp4_gemv`: 16-byte weight loads, two E2M1 decoded per 32-bit op, one scale per 32-group sum).
+The weights of an expert picked by several tokens are read once per slot (from L2 after the first).
+
+Prefill (above that; 6 launches, graph-safe, no host sync; grids depend on shapes only):
 
 1. ``count``: per (token, k) slot, ``rank = atomic_add(counts[expert], 1)`` (ids outside ``[0, E)``, e.g. SGLang's
    ``-1`` for padded tokens, are skipped);
-2. ``offsets`` (one program): experts' row ranges padded to ``BLOCK_M``, the expert of each row block, padding
-   sentinels; resets ``counts`` to zero for the next call;
+2. ``offsets`` (one program): experts' row ranges padded to ``BLOCK_M`` (64), the expert of each row block,
+   padding sentinels; resets ``counts`` to zero for the next call;
 3. ``scatter``: ``sorted[offset[expert] + rank] = slot``;
 4. GEMM1 (grouped, one ``BLOCK_M`` block of one expert per program): ``x[slot // topk] @ [gate; up]^T`` with the
    FP4 weights decoded in registers (exact bit arithmetic, the UE8M0 scale folded into the exponent) and a
    bf16 ``tl.dot``; epilogue ``h = silu(min(g, L)) * clamp(u, -L, L)`` (``L = swiglu_limit``, SGLang's
-   ``swiglu_limit_func``) stored bf16. Small-M (decode) with few programs: split-K, fp32 atomics into a
-   ``[slots, 2I]`` buffer, and the SwiGLU moves into GEMM2's operand load;
+   ``swiglu_limit_func``) stored bf16;
 5. GEMM2: ``y[slot] = h[slot] @ w2^T`` (bf16);
 6. ``sum``: ``out[t] = scale * sum_k topk_weights[t, k] * y[t * topk + k]`` in fp32 (scale = ``routed_scaling_factor``
    or 1: a subclass of ``Mxfp4MarlinMoEMethod`` must pass None, SGLang scales afterwards).
 
-Tiles: ``BLOCK_M`` 16 for up to 64 tokens (decode), 64 above (prefill). No E2M1 lookup table exists on the device.
+No E2M1 lookup table exists on the device.
 """
 
 from __future__ import annotations
@@ -39,16 +44,63 @@ from sglang_sm120.platform import guard_compiled, num_sms
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _E8M0 = (torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
 _IDS = (torch.int32, torch.int64)
-DECODE_MAX_TOKENS = 64
 MAX_EXPERTS = 512
 K_ALIGN = 128  # H and I must be multiples of this (the largest BLOCK_K)
+# GEMV up to this many tokens, the routed tl.dot pipeline above. H100 (mma.sync build): the GEMV costs a fixed
+# ~36 / 19 / 4.7 us per token at TP 1 / 2 / 8, the routed path ~19 / 9.9 / 2.8 ms + 7.5 / 3.8 / 1 us per token,
+# so the GEMV wins below ~600 tokens at every TP.
+GEMV_MAX_TOKENS = 512
 _SLOT_BLOCK = 256  # count / scatter kernels: slots per program
 _OFF_CHUNK = 32  # offsets kernel: row blocks per step
 _SUM_BLOCK = 1024
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-_DECODE = {64: (16, 64, 128, 4, 4), 32: (16, 32, 128, 4, 4)}
-_PREFILL_GATED = (64, 64, 64, 8, 3)
-_PREFILL_DOWN = (64, 128, 64, 8, 3)
+# routed path: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+_GATED_TILE = (64, 64, 64, 8, 3)
+_DOWN_TILE = (64, 128, 64, 8, 3)
+_BLOCK_M = _GATED_TILE[0]
+
+
+class _GemvTile(NamedTuple):
+    """GEMV tile rule: the widest ``BLOCK_N`` (32 down to 2; to 8 for the down projection) giving
+    ``>= waves * SMs`` programs, ``BLOCK_K`` = ``values`` / rows per program (a power of two dividing K,
+    128..4096); ``prefetch``: register double-buffering of the weight words (Triton does not pipeline loads that
+    feed no tl.dot)."""
+
+    waves: int
+    values: int
+    num_warps: int
+    prefetch: bool
+
+
+# H100 sweep (mma.sync build, DSV4-Flash, 1-64 tokens, TP 1/2/8): _WIDE is up to 15 % faster where its down
+# projection still loops over >= 2 K blocks (TP 1-2 from 2-3 tokens); where it would not, prefetching a single
+# block only costs (up to 8 % at TP 8 and at TP 2 / 1 token) and _SMALL wins.
+_WIDE = _GemvTile(2, 16384, 8, True)
+_SMALL = _GemvTile(4, 8192, 4, False)
+
+
+def _gemv_block(tile: _GemvTile, n: int, k: int, gated: bool, programs: int, sms: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) of one GEMV launch: N rows (x2 when gated) over ``programs`` slots or tokens."""
+    bn, bn_min = 32, 2 if gated else 8  # down, BLOCK_N 4 / 2: ptxas spills (8 B) in some all16 builds
+    while bn > bn_min and n // bn * programs < tile.waves * sms:
+        bn //= 2
+    bk = max(128, min(4096, tile.values // (2 * bn if gated else bn)))
+    while k % bk:
+        bk //= 2
+    return bn, bk
+
+
+_GemvPlan = tuple[_GemvTile, tuple[int, int], tuple[int, int]]
+
+
+def _gemv_plan(tokens: int, topk: int, hidden: int, inter: int, sms: int) -> _GemvPlan:
+    """(tile, (BLOCK_N, BLOCK_K) of gate/up, (BLOCK_N, BLOCK_K) of down) of the decode GEMV path."""
+
+    def plan(tile: _GemvTile) -> _GemvPlan:
+        up = _gemv_block(tile, inter, hidden, True, tokens * topk, sms)
+        return tile, up, _gemv_block(tile, hidden, inter, False, tokens, sms)
+
+    wide = plan(_WIDE)
+    return wide if inter >= 2 * wide[2][1] else plan(_SMALL)
 
 
 @triton.jit
@@ -111,22 +163,17 @@ def _moe_gemm_kernel(
     stride_se,
     stride_sn,
     stride_cm,
-    k_per_split,
     limit,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GATED: tl.constexpr,
-    SPLIT: tl.constexpr,
-    A_GATEUP: tl.constexpr,
     S_FP32: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Grid (cdiv(N, BLOCK_N), row blocks, K splits). Row block b holds ``sorted[b*BM : (b+1)*BM]`` (slots, or
+    """Grid (cdiv(N, BLOCK_N), row blocks). Row block b holds ``sorted[b*BM : (b+1)*BM]`` (slots, or
     ``num_slots`` = padding) of expert ``block_expert[b]``; A row = ``slot // a_div``. W ``[E, rows, K/2]``
-    bytes with rows ``[gate (N); up (N)]`` when GATED. C row = slot: GATED -> ``[.., N]`` SwiGLU (or, SPLIT,
-    fp32 atomics of ``[g | u]`` into ``[.., 2N]``); else ``[.., N]``. A_GATEUP: A is that fp32 ``[g | u]``
-    buffer (K = its N) and the SwiGLU is applied on load."""
+    bytes with rows ``[gate (N); up (N)]`` when GATED. C ``[slots, N]`` bf16, row = slot: GATED -> SwiGLU."""
     KH: tl.constexpr = BLOCK_K // 2
     # the wrapper guarantees these (16-byte rows): vectorised, pipelined loads
     stride_am = stride_am // 16 * 16
@@ -143,23 +190,17 @@ def _moe_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     w_rows = tl.where(n_ok, offs_n, 0)  # clamp instead of masking: unmasked, vectorised weight loads
-    k0 = tl.program_id(2) * k_per_split
-    kp = k0 // 2 + tl.arange(0, KH)
-    offs_k = k0 + tl.arange(0, BLOCK_K)
+    kp = tl.arange(0, KH)
+    offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = tl.multiple_of(a_ptr + rows[:, None] * stride_am + offs_k[None, :], [16, 16])  # checked by the wrapper
     w_ptrs = w_ptr + expert * stride_we + (w_rows[None, :] * stride_wn + kp[:, None])
     w_ptrs = tl.multiple_of(w_ptrs, [16, 16])
-    kg = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    kg = tl.arange(0, BLOCK_K // 32)
     s_ptrs = s_ptr + expert * stride_se + (w_rows[None, :] * stride_sn + kg[:, None])
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(0, tl.minimum(k_per_split, K - k0), BLOCK_K):
-        if A_GATEUP:
-            g = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
-            u = tl.load(a_ptrs + K, mask=m_ok[:, None], other=0.0)
-            a = _swiglu(g, u, limit).to(tl.bfloat16)
-        else:
-            a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+    for _ in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
         a_ev, a_od = tl.split(tl.reshape(a, (BLOCK_M, KH, 2)))
         if UPCAST:  # the interpreter's bf16 dot is wrong
             a_ev = a_ev.to(tl.float32)
@@ -172,14 +213,151 @@ def _moe_gemm_kernel(
         s_ptrs += BLOCK_K // 32
 
     c_ptrs = c_ptr + tl.where(m_ok, slots, 0).to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
-    c_ok = m_ok[:, None] & n_ok[None, :]
-    if SPLIT:
-        tl.atomic_add(c_ptrs, acc, mask=c_ok, sem="relaxed")
-        tl.atomic_add(c_ptrs + N, acc_u, mask=c_ok, sem="relaxed")
+    if GATED:
+        acc = _swiglu(acc, acc_u, limit)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+_ACT_SCALE = tl.constexpr(2.0**64)  # activations are pre-multiplied by this, the scales by 2^(126 - 64): see _fp4_gemv
+
+
+@triton.jit
+def _pair_fma(part, w, a, Q: tl.constexpr):
+    """``part += W[j] * a[j]`` for the nibbles j = Q, Q + 4 of the words ``w`` (``a`` ``[.., 2]`` = those j)."""
+    if Q < 2:
+        code = w << (6 - 4 * Q)
     else:
-        if GATED:
-            acc = _swiglu(acc, acc_u, limit)
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_ok)
+        code = w >> (4 * Q - 6)
+    pair = (code & 0x01C001C0) | ((w << (12 - 4 * Q)) & 0x80008000)
+    a_lo, a_hi = tl.split(a)
+    lo = (pair << 16).to(tl.float32, bitcast=True)
+    hi = (pair & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return part + lo * a_lo[None, :, :] + hi * a_hi[None, :, :]
+
+
+@triton.jit
+def _fp4_gemv(a_ptr, w_ptrs, s_ptrs, K, BLOCK_K: tl.constexpr, S_FP32: tl.constexpr, PREFETCH: tl.constexpr):
+    """``sum_k a[k] * W[r, k]`` -> ``[R]`` fp32 over ``K`` (a multiple of BLOCK_K), CUDA cores only.
+
+    a_ptr: the bf16 activation row; w_ptrs ``[R, 4 G]`` uint32 words of the first K block (G = BLOCK_K / 32;
+    word ``4 g + i`` holds k = 32 g + 8 i + j at bits 4j..4j+3); s_ptrs ``[R, G]`` their per-32 scales.
+    Decode, two nibbles (j, j + 4) per 32-bit op: sign to bit 15 / 31 and the 3-bit code to bits 6..8 / 22..24
+    make the bf16 pair ``E2M1 * 2^-126`` (code 1 = 0.5 lands on the bf16 subnormal 2^-127, code 0 on +-0,
+    both exact); each half is an fp32 by one shift / mask. Products with ``a * 2^64`` are exact and normal
+    for ``2^-63 <= |a| < 2^64``; each 32-group sum is then scaled once by ``2^(s - 127) * 2^62``
+    (``s <= 192``). PREFETCH: the next block's words are loaded before this block is decoded."""
+    G: tl.constexpr = BLOCK_K // 32
+    R: tl.constexpr = w_ptrs.shape[0]
+    acc = tl.zeros((R, G, 1), dtype=tl.float32)
+    if PREFETCH:
+        w_next = tl.load(w_ptrs)
+    for k0 in range(0, K, BLOCK_K):
+        if PREFETCH:  # the next block's words are in flight while this one is decoded
+            w = tl.reshape(w_next, (R, G, 4))
+            w_next = tl.load(w_ptrs + BLOCK_K // 8, mask=k0 + BLOCK_K < K, other=0)
+        else:
+            w = tl.reshape(tl.load(w_ptrs), (R, G, 4))
+        s = tl.reshape(tl.load(s_ptrs), (R, G, 1))
+        if S_FP32:  # an exact power of two: its exponent field is the UE8M0 byte
+            s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        else:
+            s = s.to(tl.int32)
+        s = ((s + 62) << 23).to(tl.float32, bitcast=True)  # 2^(s - 65)
+        a = tl.load(a_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32) * _ACT_SCALE
+        a_ev, a_od = tl.split(tl.reshape(a, (G, 4, 2, 2, 2)))  # k % 8 = 4 b2 + 2 b1 + b0: split b0, b1
+        a0, a2 = tl.split(a_ev)
+        a1, a3 = tl.split(a_od)
+        part = tl.zeros((R, G, 4), dtype=tl.float32)
+        part = _pair_fma(part, w, a0, 0)
+        part = _pair_fma(part, w, a1, 1)
+        part = _pair_fma(part, w, a2, 2)
+        part = _pair_fma(part, w, a3, 3)
+        acc += tl.sum(part, 2, keep_dims=True) * s
+        w_ptrs += BLOCK_K // 8
+        s_ptrs += G
+    return tl.sum(tl.sum(acc, 2), 1)
+
+
+@triton.jit
+def _moe_gemv_kernel(
+    a_ptr,
+    w_ptr,
+    s_ptr,
+    c_ptr,
+    ids_ptr,
+    tw_ptr,
+    N,
+    K,
+    topk,
+    num_experts,
+    stride_am,
+    stride_we,
+    stride_wn,
+    stride_se,
+    stride_sn,
+    stride_cm,
+    limit,
+    scale,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GATED: tl.constexpr,
+    S_FP32: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """Decode path, no routing pass (N a multiple of BLOCK_N, K of BLOCK_K; W ``[E, rows, K/2]`` bytes).
+
+    GATED, grid (N / BLOCK_N, T * topk): one slot, ``c[slot, n] = SwiGLU(a[slot // topk] @ [gate; up]^T)``
+    (bf16; W rows ``[gate (N); up (N)]``); a slot whose expert id is outside ``[0, E)`` is skipped.
+    Else, grid (N / BLOCK_N, T): one token, ``c[t, n] = scale * sum_k tw[t, k] * bf16(a[t * topk + k] @ W[e_k]^T)``
+    over its valid slots (the down projection with the top-k sum fused)."""
+    R: tl.constexpr = 2 * BLOCK_N if GATED else BLOCK_N
+    # the wrapper guarantees 16-byte rows: vectorised weight loads
+    stride_wn = stride_wn // 16 * 4  # in 32-bit words
+    stride_we = stride_we // 16 * 4
+    n0 = tl.program_id(0) * BLOCK_N
+    r = tl.arange(0, R)
+    if GATED:
+        rows = n0 + r % BLOCK_N + (r // BLOCK_N) * N
+    else:
+        rows = n0 + r
+    w_off = rows[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
+    s_off = rows[:, None] * stride_sn + tl.arange(0, BLOCK_K // 32)[None, :]
+    w32 = w_ptr.to(tl.pointer_type(tl.uint32))
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    if GATED:
+        slot = tl.program_id(1)
+        expert = tl.load(ids_ptr + slot).to(tl.int64)
+        if (expert < 0) | (expert >= num_experts):
+            return
+        acc = _fp4_gemv(
+            a_ptr + (slot // topk).to(tl.int64) * stride_am,
+            w32 + expert * stride_we + w_off,
+            s_ptr + expert * stride_se + s_off,
+            K,
+            BLOCK_K,
+            S_FP32,
+            PREFETCH,
+        )
+        g, u = tl.split(tl.trans(tl.reshape(acc, (2, BLOCK_N))))
+        tl.store(c_ptr + slot.to(tl.int64) * stride_cm + offs_n, _swiglu(g, u, limit).to(c_ptr.dtype.element_ty))
+    else:
+        t = tl.program_id(1).to(tl.int64)
+        out = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k in range(topk):
+            slot = t * topk + k
+            expert = tl.load(ids_ptr + slot).to(tl.int64)
+            if (expert >= 0) & (expert < num_experts):
+                y = _fp4_gemv(
+                    a_ptr + slot * stride_am,
+                    w32 + expert * stride_we + w_off,
+                    s_ptr + expert * stride_se + s_off,
+                    K,
+                    BLOCK_K,
+                    S_FP32,
+                    PREFETCH,
+                )
+                out += tl.load(tw_ptr + slot) * y.to(tl.bfloat16).to(tl.float32)
+        tl.store(c_ptr + t * stride_cm + offs_n, (out * scale).to(c_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -247,9 +425,7 @@ def _moe_scatter_kernel(ids_ptr, rank_ptr, offsets_ptr, sorted_ptr, num_slots, n
 
 
 @triton.jit
-def _moe_sum_kernel(
-    y_ptr, tw_ptr, ids_ptr, out_ptr, H, topk, num_experts, stride_out, scale, BLOCK: tl.constexpr
-):
+def _moe_sum_kernel(y_ptr, tw_ptr, ids_ptr, out_ptr, H, topk, num_experts, stride_out, scale, BLOCK: tl.constexpr):
     """Grid (T, cdiv(H, BLOCK)): ``out[t] = scale * sum_k tw[t, k] * y[t * topk + k]`` over valid experts."""
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -308,97 +484,177 @@ def _hash_topk_kernel(
 _INT = "i32"  # what the runtime JIT passes for ints < 2^31
 
 
-def _gemm_signature(a: str, s: str, c: str) -> dict[str, str]:
-    sig = {"a_ptr": a, "w_ptr": "*u8", "s_ptr": s, "c_ptr": c, "sorted_ptr": "*i32", "block_expert_ptr": "*i32",
-           "total_ptr": "*i32"}
-    for name in ("N", "K", "num_slots", "a_div", "stride_am", "stride_we", "stride_wn", "stride_se", "stride_sn",
-                 "stride_cm", "k_per_split"):
+def _gemm_signature(s: str) -> dict[str, str]:
+    sig = {
+        "a_ptr": "*bf16",
+        "w_ptr": "*u8",
+        "s_ptr": s,
+        "c_ptr": "*bf16",
+        "sorted_ptr": "*i32",
+        "block_expert_ptr": "*i32",
+        "total_ptr": "*i32",
+    }
+    for name in (
+        "N",
+        "K",
+        "num_slots",
+        "a_div",
+        "stride_am",
+        "stride_we",
+        "stride_wn",
+        "stride_se",
+        "stride_sn",
+        "stride_cm",
+    ):
         sig[name] = _INT
     sig["limit"] = "fp32"
     return sig
 
 
-def _gemm_config(tile: tuple[int, int, int, int], gated: bool, split: bool, gateup: bool, s_fp32: bool):
+def _gemm_config(tile: tuple[int, int, int, int, int], gated: bool, s_fp32: bool) -> AotConfig:
     bm, bn, bk, nw, ns = tile
-    consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GATED": gated, "SPLIT": split,
-              "A_GATEUP": gateup, "S_FP32": s_fp32, "UPCAST": False}
+    consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GATED": gated, "S_FP32": s_fp32, "UPCAST": False}
     return AotConfig(consts, num_warps=nw, num_stages=ns)
 
 
 for _s, _sf in (("*fp32", True), ("*u8", False)):
-    _tag = _s[1:]
-    register_aot(
-        f"moe_mxfp4.gemm1[s={_tag}]",
-        _moe_gemm_kernel,
-        signature=_gemm_signature("*bf16", _s, "*bf16"),
-        configs=[_gemm_config(t, True, False, False, _sf) for t in (*_DECODE.values(), _PREFILL_GATED)],
-    )
-    register_aot(
-        f"moe_mxfp4.gemm1_splitk[s={_tag}]",
-        _moe_gemm_kernel,
-        signature=_gemm_signature("*bf16", _s, "*fp32"),
-        configs=[_gemm_config(t, True, True, False, _sf) for t in _DECODE.values()],
-    )
-    register_aot(
-        f"moe_mxfp4.gemm2[s={_tag}]",
-        _moe_gemm_kernel,
-        signature=_gemm_signature("*bf16", _s, "*bf16"),
-        configs=[_gemm_config(t, False, False, False, _sf) for t in (*_DECODE.values(), _PREFILL_DOWN)],
-    )
-    register_aot(
-        f"moe_mxfp4.gemm2_gateup[s={_tag}]",
-        _moe_gemm_kernel,
-        signature=_gemm_signature("*fp32", _s, "*bf16"),
-        configs=[_gemm_config(t, False, False, True, _sf) for t in _DECODE.values()],
-    )
+    for _name, _gated, _tile in (("gemm1", True, _GATED_TILE), ("gemm2", False, _DOWN_TILE)):
+        register_aot(
+            f"moe_mxfp4.{_name}[s={_s[1:]}]",
+            _moe_gemm_kernel,
+            signature=_gemm_signature(_s),
+            configs=[_gemm_config(_tile, _gated, _sf)],
+        )
+
+
+def _gemv_signature(s: str, ids: str) -> dict[str, str]:
+    sig = {"a_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": s, "c_ptr": "*bf16", "ids_ptr": ids, "tw_ptr": "*fp32"}
+    for name in (
+        "N",
+        "K",
+        "topk",
+        "num_experts",
+        "stride_am",
+        "stride_we",
+        "stride_wn",
+        "stride_se",
+        "stride_sn",
+        "stride_cm",
+    ):
+        sig[name] = _INT
+    return {**sig, "limit": "fp32", "scale": "fp32"}
+
+
+def _gemv_aot_configs(s_fp32: bool) -> list[AotConfig]:
+    """The GEMV builds :func:`_gemv_plan` picks for DSV4-Flash (E 256, top-6, H 4096, I 2048 / TP 1-8) at
+    1..GEMV_MAX_TOKENS tokens on 48-188 SMs (GB10, H100, RTX 5090, RTX PRO 6000)."""
+    builds = set()
+    for sms in (48, 132, 170, 188):
+        for inter in (2048, 1024, 512, 256):
+            for t in range(1, GEMV_MAX_TOKENS + 1):
+                tile, up, down = _gemv_plan(t, 6, 4096, inter, sms)
+                builds.update({(True, *up, tile), (False, *down, tile)})
+    return [
+        AotConfig(
+            {"BLOCK_N": bn, "BLOCK_K": bk, "GATED": gated, "S_FP32": s_fp32, "PREFETCH": tile.prefetch},
+            num_warps=tile.num_warps,
+            num_stages=1,
+        )
+        for gated, bn, bk, tile in sorted(builds)
+    ]
+
+
+for _s, _sf in (("*fp32", True), ("*u8", False)):
+    for _ids in ("*i32", "*i64"):
+        register_aot(
+            f"moe_mxfp4.gemv[s={_s[1:]},ids={_ids[1:]}]",
+            _moe_gemv_kernel,
+            signature=_gemv_signature(_s, _ids),
+            configs=_gemv_aot_configs(_sf),
+        )
 for _ids in ("i32", "i64"):
     register_aot(
         f"moe_mxfp4.count[ids={_ids}]",
         _moe_count_kernel,
-        signature={"ids_ptr": f"*{_ids}", "counts_ptr": "*i32", "rank_ptr": "*i32", "num_slots": _INT,
-                   "num_experts": _INT},
+        signature={
+            "ids_ptr": f"*{_ids}",
+            "counts_ptr": "*i32",
+            "rank_ptr": "*i32",
+            "num_slots": _INT,
+            "num_experts": _INT,
+        },
         configs=[AotConfig({"BLOCK": _SLOT_BLOCK}, num_warps=4, num_stages=1)],
     )
     register_aot(
         f"moe_mxfp4.scatter[ids={_ids}]",
         _moe_scatter_kernel,
-        signature={"ids_ptr": f"*{_ids}", "rank_ptr": "*i32", "offsets_ptr": "*i32", "sorted_ptr": "*i32",
-                   "num_slots": _INT, "num_experts": _INT},
+        signature={
+            "ids_ptr": f"*{_ids}",
+            "rank_ptr": "*i32",
+            "offsets_ptr": "*i32",
+            "sorted_ptr": "*i32",
+            "num_slots": _INT,
+            "num_experts": _INT,
+        },
         configs=[AotConfig({"BLOCK": _SLOT_BLOCK}, num_warps=4, num_stages=1)],
     )
     register_aot(
         f"moe_mxfp4.sum[ids={_ids}]",
         _moe_sum_kernel,
-        signature={"y_ptr": "*bf16", "tw_ptr": "*fp32", "ids_ptr": f"*{_ids}", "out_ptr": "*bf16", "H": _INT,
-                   "topk": _INT, "num_experts": _INT, "stride_out": _INT, "scale": "fp32"},
+        signature={
+            "y_ptr": "*bf16",
+            "tw_ptr": "*fp32",
+            "ids_ptr": f"*{_ids}",
+            "out_ptr": "*bf16",
+            "H": _INT,
+            "topk": _INT,
+            "num_experts": _INT,
+            "stride_out": _INT,
+            "scale": "fp32",
+        },
         configs=[AotConfig({"BLOCK": _SUM_BLOCK}, num_warps=4, num_stages=1)],
     )
     register_aot(
         f"moe_mxfp4.hash_topk[ids={_ids}]",
         _hash_topk_kernel,
-        signature={"logits_ptr": "*fp32", "ids_ptr": f"*{_ids}", "tid2eid_ptr": "*i32", "tw_ptr": "*fp32",
-                   "tids_ptr": "*i32", "T": _INT, "topk": _INT, "n_shared": _INT, "num_experts": _INT,
-                   "stride_l": _INT, "stride_map": _INT, "shared_weight": "fp32"},
+        signature={
+            "logits_ptr": "*fp32",
+            "ids_ptr": f"*{_ids}",
+            "tid2eid_ptr": "*i32",
+            "tw_ptr": "*fp32",
+            "tids_ptr": "*i32",
+            "T": _INT,
+            "topk": _INT,
+            "n_shared": _INT,
+            "num_experts": _INT,
+            "stride_l": _INT,
+            "stride_map": _INT,
+            "shared_weight": "fp32",
+        },
         configs=[AotConfig({"BLOCK_T": 32, "K_POW2": 8}, num_warps=4, num_stages=1)],
     )
 register_aot(
     "moe_mxfp4.offsets",
     _moe_offsets_kernel,
-    signature={"counts_ptr": "*i32", "offsets_ptr": "*i32", "block_expert_ptr": "*i32", "sorted_ptr": "*i32",
-               "total_ptr": "*i32", "num_experts": _INT, "num_slots": _INT, "max_blocks": _INT},
-    configs=[AotConfig({"BLOCK_M": bm, "E_MAX": MAX_EXPERTS, "CHUNK": _OFF_CHUNK}, num_warps=4, num_stages=1)
-             for bm in (16, 64)],
+    signature={
+        "counts_ptr": "*i32",
+        "offsets_ptr": "*i32",
+        "block_expert_ptr": "*i32",
+        "sorted_ptr": "*i32",
+        "total_ptr": "*i32",
+        "num_experts": _INT,
+        "num_slots": _INT,
+        "max_blocks": _INT,
+    },
+    configs=[AotConfig({"BLOCK_M": _BLOCK_M, "E_MAX": MAX_EXPERTS, "CHUNK": _OFF_CHUNK}, num_warps=4, num_stages=1)],
 )
 
 # ------------------------------------------------------------------ host side -----------------------------------
 
-def _block_m(num_tokens: int) -> int:
-    return 16 if num_tokens <= DECODE_MAX_TOKENS else 64
 
-
-def _max_blocks(num_slots: int, num_experts: int, block_m: int) -> int:
-    """Upper bound on row blocks: each non-empty expert pads to a block multiple and owns >= 1 slot."""
-    return min(num_slots, triton.cdiv(num_slots, block_m) + min(num_experts, num_slots))
+def _max_blocks(num_slots: int, num_experts: int) -> int:
+    """Upper bound on routed row blocks: each non-empty expert pads to a block multiple and owns >= 1 slot."""
+    return min(num_slots, triton.cdiv(num_slots, _BLOCK_M) + min(num_experts, num_slots))
 
 
 class MoeWorkspace(NamedTuple):
@@ -412,8 +668,7 @@ class MoeWorkspace(NamedTuple):
     block_expert: torch.Tensor  # [max_blocks] int32
     total: torch.Tensor  # [1] int32
     inter: torch.Tensor  # [T*topk, I] bf16 (SwiGLU output)
-    gateup: torch.Tensor  # [T*topk * 2I] fp32 (split-K gate/up partials; used when T <= 64)
-    y: torch.Tensor  # [T*topk, H] bf16 (per-slot expert outputs)
+    y: torch.Tensor  # [T*topk, H] bf16 (per-slot expert outputs, routed path)
     max_tokens: int
 
 
@@ -422,17 +677,15 @@ def moe_mxfp4_workspace(
 ) -> MoeWorkspace:
     """Allocate (zeroed where needed) scratch for :func:`fused_moe_mxfp4` calls with ``<= max_tokens`` tokens."""
     slots = max_tokens * topk
-    rows = max(_max_blocks(slots, num_experts, bm) * bm for bm in (16, 64))
-    gu = min(max_tokens, DECODE_MAX_TOKENS) * topk * 2 * inter
+    blocks = _max_blocks(slots, num_experts)
 
     def i32(n: int) -> torch.Tensor:
         return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
 
     return MoeWorkspace(
-        counts=i32(num_experts), offsets=i32(num_experts), rank=i32(slots), sorted_ids=i32(rows),
-        block_expert=i32(rows // 16), total=i32(1),
+        counts=i32(num_experts), offsets=i32(num_experts), rank=i32(slots), sorted_ids=i32(blocks * _BLOCK_M),
+        block_expert=i32(blocks), total=i32(1),
         inter=torch.empty(slots, inter, dtype=torch.bfloat16, device=device),
-        gateup=torch.empty(max(gu, 1), dtype=torch.float32, device=device),
         y=torch.empty(slots, hidden, dtype=torch.bfloat16, device=device), max_tokens=max_tokens,
     )  # fmt: skip
 
@@ -447,8 +700,10 @@ def _packed(name: str, w: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 def _scales(name: str, s: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
     if s.dtype not in (torch.float32, *_E8M0) or tuple(s.shape) != shape or s.stride(2) != 1:
-        raise ValueError(f"{name}: expected {list(shape)} float32 (powers of two) or UE8M0 bytes with the last "
-                         f"dim contiguous, got {list(s.shape)} {s.dtype}")
+        raise ValueError(
+            f"{name}: expected {list(shape)} float32 (powers of two) or UE8M0 bytes with the last "
+            f"dim contiguous, got {list(s.shape)} {s.dtype}"
+        )
     fp32 = s.dtype == torch.float32
     return (s if fp32 else s.view(torch.uint8)), fp32
 
@@ -475,12 +730,14 @@ def fused_moe_mxfp4(
     ``swiglu_limit`` (SGLang ``clamp_limit``): ``silu(min(g, L)) * clamp(u, -L, L)``; None = plain SwiGLU.
     ``routed_scaling_factor``: None = not applied (Marlin MXFP4 convention). H and I must be multiples of 128.
     Pass ``out`` ``[T, H]`` bf16 and ``workspace`` (:func:`moe_mxfp4_workspace`) for CUDA-graph capture.
-    Returns ``out``.
+    Up to :data:`GEMV_MAX_TOKENS` tokens: the GEMV path; above: the routed ``tl.dot`` path. Returns ``out``.
     """
     x = hidden_states
     if x.dim() != 2 or x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 16 or x.data_ptr() % 16:
-        raise ValueError(f"hidden_states: expected [T, H] bfloat16, rows contiguous with a row stride that is a "
-                         f"multiple of 16 and a 16-byte aligned pointer, got {list(x.shape)} {x.dtype}")
+        raise ValueError(
+            f"hidden_states: expected [T, H] bfloat16, rows contiguous with a row stride that is a "
+            f"multiple of 16 and a 16-byte aligned pointer, got {list(x.shape)} {x.dtype}"
+        )
     t, h = x.shape
     if w13.dim() != 3 or w13.shape[1] % 2:
         raise ValueError(f"w13: expected [E, 2I, H/2], got {list(w13.shape)}")
@@ -494,82 +751,135 @@ def fused_moe_mxfp4(
     s13, s13_fp32 = _scales("w13_scale", w13_scale, (e, 2 * inter, h // 32))
     s2, s2_fp32 = _scales("w2_scale", w2_scale, (e, h, inter // 32))
     if topk_ids.dim() != 2 or topk_ids.shape[0] != t or topk_ids.dtype not in _IDS or not topk_ids.is_contiguous():
-        raise ValueError(f"topk_ids: expected contiguous [{t}, k] int32/int64, got {list(topk_ids.shape)} "
-                         f"{topk_ids.dtype}")
+        raise ValueError(
+            f"topk_ids: expected contiguous [{t}, k] int32/int64, got {list(topk_ids.shape)} {topk_ids.dtype}"
+        )
     topk = topk_ids.shape[1]
-    if (tuple(topk_weights.shape) != (t, topk) or topk_weights.dtype != torch.float32
-            or not topk_weights.is_contiguous()):
-        raise ValueError(f"topk_weights: expected contiguous [{t}, {topk}] float32, got "
-                         f"{list(topk_weights.shape)} {topk_weights.dtype}")
+    if (
+        tuple(topk_weights.shape) != (t, topk)
+        or topk_weights.dtype != torch.float32
+        or not topk_weights.is_contiguous()
+    ):
+        raise ValueError(
+            f"topk_weights: expected contiguous [{t}, {topk}] float32, got "
+            f"{list(topk_weights.shape)} {topk_weights.dtype}"
+        )
     if out is None:
         out = torch.empty(t, h, dtype=torch.bfloat16, device=x.device)
     elif tuple(out.shape) != (t, h) or out.dtype != torch.bfloat16 or out.stride(1) != 1:
         raise ValueError(f"out: expected [{t}, {h}] bfloat16 with contiguous rows, got {list(out.shape)} {out.dtype}")
     if workspace is None:
         workspace = moe_mxfp4_workspace(t, topk, e, h, inter, x.device)
-    elif (workspace.max_tokens < t or workspace.counts.numel() < e or workspace.inter.shape[1] != inter
-          or workspace.y.shape[1] != h or workspace.rank.numel() < t * topk):
-        raise ValueError(f"workspace: built for fewer tokens/experts or other sizes than T={t}, topk={topk}, E={e}, "
-                         f"H={h}, I={inter}")
+    elif (
+        workspace.max_tokens < t
+        or workspace.counts.numel() < e
+        or workspace.inter.shape[1] != inter
+        or workspace.y.shape[1] != h
+        or workspace.rank.numel() < t * topk
+    ):
+        raise ValueError(
+            f"workspace: built for fewer tokens/experts or other sizes than T={t}, topk={topk}, E={e}, H={h}, I={inter}"
+        )
     if t == 0:
         return out
     ws = workspace
     slots = t * topk
-    bm = _block_m(t)
-    max_blocks = _max_blocks(slots, e, bm)
     limit = float("inf") if swiglu_limit is None else float(swiglu_limit)
     scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
+    experts = _Experts(w13b, s13, s13_fp32, w2b, s2, s2_fp32)
+    if t <= GEMV_MAX_TOKENS:
+        _gemv(x, experts, topk_weights, topk_ids, out, ws.inter[:slots], limit, scale)
+    else:
+        _routed(x, experts, topk_weights, topk_ids, out, ws, limit, scale)
+    return out
 
+
+class _Experts(NamedTuple):
+    """Validated expert weights: packed E2M1 as uint8, scales as fp32 or UE8M0 uint8 (``*_fp32`` says which)."""
+
+    w13: torch.Tensor
+    s13: torch.Tensor
+    s13_fp32: bool
+    w2: torch.Tensor
+    s2: torch.Tensor
+    s2_fp32: bool
+
+
+def _gemv(
+    x: torch.Tensor,
+    ex: _Experts,
+    tw: torch.Tensor,
+    ids: torch.Tensor,
+    out: torch.Tensor,
+    inter_out: torch.Tensor,
+    limit: float,
+    scale: float,
+) -> None:
+    """Decode: gate/up + SwiGLU into ``inter_out`` ``[slots, I]``, then the down projection + top-k sum."""
+    t, h = x.shape
+    w13, s13, s13_fp32, w2, s2, s2_fp32 = ex
+    e, inter, topk = w13.shape[0], w13.shape[1] // 2, ids.shape[1]
+    tile, (bn1, bk1), (bn2, bk2) = _gemv_plan(t, topk, h, inter, num_sms(x.device))
+    opts = {"PREFETCH": tile.prefetch, "num_warps": tile.num_warps, "num_stages": 1}
+    c = _moe_gemv_kernel[(inter // bn1, t * topk)](
+        x, w13, s13, inter_out, ids, tw, inter, h, topk, e, x.stride(0), w13.stride(0), w13.stride(1),
+        s13.stride(0), s13.stride(1), inter_out.stride(0), limit, 1.0,
+        BLOCK_N=bn1, BLOCK_K=bk1, GATED=True, S_FP32=s13_fp32, **opts,
+    )  # fmt: skip
+    guard_compiled("moe_mxfp4.gemv1", c)
+    c = _moe_gemv_kernel[(h // bn2, t)](
+        inter_out, w2, s2, out, ids, tw, h, inter, topk, e, inter_out.stride(0), w2.stride(0), w2.stride(1),
+        s2.stride(0), s2.stride(1), out.stride(0), limit, scale,
+        BLOCK_N=bn2, BLOCK_K=bk2, GATED=False, S_FP32=s2_fp32, **opts,
+    )  # fmt: skip
+    guard_compiled("moe_mxfp4.gemv2", c)
+
+
+def _routed(
+    x: torch.Tensor,
+    ex: _Experts,
+    tw: torch.Tensor,
+    ids: torch.Tensor,
+    out: torch.Tensor,
+    ws: MoeWorkspace,
+    limit: float,
+    scale: float,
+) -> None:
+    """Prefill: route slots into per-expert ``BLOCK_M`` row blocks, grouped GEMM1 + SwiGLU, GEMM2, top-k sum."""
+    t, h = x.shape
+    w13, s13, s13_fp32, w2, s2, s2_fp32 = ex
+    e, inter, topk = w13.shape[0], w13.shape[1] // 2, ids.shape[1]
+    slots = t * topk
+    max_blocks = _max_blocks(slots, e)
     grid = (triton.cdiv(slots, _SLOT_BLOCK),)
-    c = _moe_count_kernel[grid](topk_ids, ws.counts, ws.rank, slots, e, BLOCK=_SLOT_BLOCK, num_warps=4)
+    c = _moe_count_kernel[grid](ids, ws.counts, ws.rank, slots, e, BLOCK=_SLOT_BLOCK, num_warps=4)
     guard_compiled("moe_mxfp4.count", c)
     c = _moe_offsets_kernel[(1,)](
         ws.counts, ws.offsets, ws.block_expert, ws.sorted_ids, ws.total, e, slots, max_blocks,
-        BLOCK_M=bm, E_MAX=MAX_EXPERTS, CHUNK=_OFF_CHUNK, num_warps=4,
+        BLOCK_M=_BLOCK_M, E_MAX=MAX_EXPERTS, CHUNK=_OFF_CHUNK, num_warps=4,
     )  # fmt: skip
     guard_compiled("moe_mxfp4.offsets", c)
-    c = _moe_scatter_kernel[grid](topk_ids, ws.rank, ws.offsets, ws.sorted_ids, slots, e, BLOCK=_SLOT_BLOCK,
-                                  num_warps=4)
+    c = _moe_scatter_kernel[grid](ids, ws.rank, ws.offsets, ws.sorted_ids, slots, e, BLOCK=_SLOT_BLOCK, num_warps=4)
     guard_compiled("moe_mxfp4.scatter", c)
 
     route = (ws.sorted_ids, ws.block_expert, ws.total)
-    sms = num_sms(x.device)
-    if bm == 16:  # narrower tiles, then split-K of GEMM1, when the programs cannot fill the GPU (high TP)
-        tile1 = _DECODE[64 if triton.cdiv(inter, 64) * max_blocks >= 2 * sms else 32]
-        tile2 = _DECODE[64 if triton.cdiv(h, 64) * max_blocks >= 2 * sms else 32]
-    else:
-        tile1, tile2 = _PREFILL_GATED, _PREFILL_DOWN
-    _, bn1, bk1, nw1, ns1 = tile1
-    kblocks = h // bk1
-    splits = 1 if bm != 16 else min(kblocks, triton.cdiv(2 * sms, triton.cdiv(inter, bn1) * max_blocks))
-    per_split = triton.cdiv(kblocks, splits) * bk1
-    splits = triton.cdiv(h, per_split)
-    gu = ws.gateup[: slots * 2 * inter].view(slots, 2 * inter) if splits > 1 else None
-    if gu is not None:
-        gu.zero_()
-    c1 = ws.inter[:slots] if gu is None else gu
-    c = _moe_gemm_kernel[(triton.cdiv(inter, bn1), max_blocks, splits)](
-        x, w13b, s13, c1, *route, inter, h, slots, topk, x.stride(0), w13b.stride(0), w13b.stride(1),
-        s13.stride(0), s13.stride(1), c1.stride(0), per_split, limit,
-        BLOCK_M=bm, BLOCK_N=bn1, BLOCK_K=bk1, GATED=True, SPLIT=splits > 1, A_GATEUP=False, S_FP32=s13_fp32,
-        UPCAST=_INTERPRET, num_warps=nw1, num_stages=ns1,
-    )  # fmt: skip
-    guard_compiled("moe_mxfp4.gemm1", c)
-    a2 = ws.inter[:slots] if gu is None else gu
-    y = ws.y[:slots]
-    _, bn2, bk2, nw2, ns2 = tile2
-    c = _moe_gemm_kernel[(triton.cdiv(h, bn2), max_blocks, 1)](
-        a2, w2b, s2, y, *route, h, inter, slots, 1, a2.stride(0), w2b.stride(0), w2b.stride(1),
-        s2.stride(0), s2.stride(1), y.stride(0), inter, limit,
-        BLOCK_M=bm, BLOCK_N=bn2, BLOCK_K=bk2, GATED=False, SPLIT=False, A_GATEUP=gu is not None,
-        S_FP32=s2_fp32, UPCAST=_INTERPRET, num_warps=nw2, num_stages=ns2,
-    )  # fmt: skip
-    guard_compiled("moe_mxfp4.gemm2", c)
+    h_out, y = ws.inter[:slots], ws.y[:slots]
+    for name, a, w, s, s_fp32, c_out, n, k, a_div, gated, tile in (
+        ("gemm1", x, w13, s13, s13_fp32, h_out, inter, h, topk, True, _GATED_TILE),
+        ("gemm2", h_out, w2, s2, s2_fp32, y, h, inter, 1, False, _DOWN_TILE),
+    ):
+        bm, bn, bk, nw, ns = tile
+        c = _moe_gemm_kernel[(triton.cdiv(n, bn), max_blocks)](
+            a, w, s, c_out, *route, n, k, slots, a_div, a.stride(0), w.stride(0), w.stride(1), s.stride(0),
+            s.stride(1), c_out.stride(0), limit,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GATED=gated, S_FP32=s_fp32, UPCAST=_INTERPRET, num_warps=nw,
+            num_stages=ns,
+        )  # fmt: skip
+        guard_compiled(f"moe_mxfp4.{name}", c)
     c = _moe_sum_kernel[(t, triton.cdiv(h, _SUM_BLOCK))](
-        y, topk_weights, topk_ids, out, h, topk, e, out.stride(0), scale, BLOCK=_SUM_BLOCK, num_warps=4
+        y, tw, ids, out, h, topk, e, out.stride(0), scale, BLOCK=_SUM_BLOCK, num_warps=4
     )
     guard_compiled("moe_mxfp4.sum", c)
-    return out
 
 
 def hash_topk(
@@ -592,20 +902,26 @@ def hash_topk(
     if scoring_func != "sqrtsoftplus":
         raise ValueError(f"scoring_func: only 'sqrtsoftplus' is supported, got {scoring_func!r}")
     if router_logits.dim() != 2 or router_logits.dtype != torch.float32 or router_logits.stride(1) != 1:
-        raise ValueError(f"router_logits: expected [T, E] float32 (last dim contiguous), got "
-                         f"{list(router_logits.shape)} {router_logits.dtype}")
+        raise ValueError(
+            f"router_logits: expected [T, E] float32 (last dim contiguous), got "
+            f"{list(router_logits.shape)} {router_logits.dtype}"
+        )
     t, e = router_logits.shape
     if input_ids.dim() != 1 or input_ids.shape[0] != t or input_ids.dtype not in _IDS or input_ids.stride(0) != 1:
-        raise ValueError(f"input_ids: expected contiguous [{t}] int32/int64, got {list(input_ids.shape)} "
-                         f"{input_ids.dtype}")
+        raise ValueError(
+            f"input_ids: expected contiguous [{t}] int32/int64, got {list(input_ids.shape)} {input_ids.dtype}"
+        )
     if tid2eid.dim() != 2 or tid2eid.dtype != torch.int32 or tid2eid.stride(1) != 1:
-        raise ValueError(f"tid2eid: expected [vocab, k] int32 (last dim contiguous), got {list(tid2eid.shape)} "
-                         f"{tid2eid.dtype}")
+        raise ValueError(
+            f"tid2eid: expected [vocab, k] int32 (last dim contiguous), got {list(tid2eid.shape)} {tid2eid.dtype}"
+        )
     topk = tid2eid.shape[1]
     width = topk + num_fused_shared_experts
     if topk < 1 or width > 8:
-        raise ValueError(f"tid2eid/num_fused_shared_experts: need 1 <= k and k + shared <= 8, got {topk} + "
-                         f"{num_fused_shared_experts}")
+        raise ValueError(
+            f"tid2eid/num_fused_shared_experts: need 1 <= k and k + shared <= 8, got {topk} + "
+            f"{num_fused_shared_experts}"
+        )
     if out is None:
         tw = torch.empty(t, width, dtype=torch.float32, device=router_logits.device)
         tids = torch.empty(t, width, dtype=torch.int32, device=router_logits.device)

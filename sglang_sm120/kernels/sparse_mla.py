@@ -4,10 +4,15 @@ Per query row ``t`` and head ``h``: softmax over the union of a main candidate l
 optional extra list (C4 top-k or C128), each a list of slots into a paged fp8 KV cache in the V4
 layout (see :mod:`sglang_sm120.reference.sparse_mla`), with a per-head sink logit in the
 denominator.  Kernel: one program per (row, block of BLOCK_H heads, candidate split); gathers
-BLOCK_N slots per step, dequantizes FP8 NoPE x UE8M0 into a bf16 ``[BLOCK_N, 512]`` tile (RoPE
-columns taken as bf16), ``tl.dot`` for QK and PV, online softmax in base 2.  With more than one
-split, partials ``(o / l, log2 l + m)`` go to a workspace and a combine kernel merges them and
-applies the sink.  No host syncs, no allocation in :func:`sparse_mla_fwd`.
+BLOCK_N slots per step, dequantizes FP8 NoPE x UE8M0 into a bf16 tile (RoPE columns taken as
+bf16) held as ``[NC, BLOCK_N, 512 / NC]`` column chunks, one chunk per warp: QK and PV are
+batched ``tl.dot`` over the chunks (QK partial sums reduced over chunks, the ``[NC, BLOCK_H,
+512 / NC]`` fp32 accumulator split across warps without replication), online softmax in base 2.
+The tile follows the launch size (:func:`_pick_cfg`): 16 heads x 16 candidates with many splits for
+small decode batches, 32 heads x 32 candidates with an L2 prefetch two blocks ahead for large ones,
+32 x 32 unsplit for prefill.  With more than one split, partials ``(o / l, log2 l + m)`` go to a
+workspace and a combine kernel merges them and applies the sink.  No host syncs, no allocation in
+:func:`sparse_mla_fwd`.
 """
 
 from __future__ import annotations
@@ -30,130 +35,259 @@ SUPPORTED_HEADS = (8, 16, 32, 64, 128)
 
 
 @triton.jit
-def _attend_scope(
-    q_ptrs, q_mask, acc, m_i, l_i,
-    kv_ptr, page_stride, page_size, idx_ptr, n_valid, blk_lo, blk_hi, qk_scale,
-    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+def _block_slots(idx_ptr, n_valid, eidx_ptr, en_valid, nb0, blk, blk_hi, BLOCK_N: tl.constexpr):
+    """Slots ``[BLOCK_N]`` int32 of candidate block ``blk`` of the list [main blocks ``0..nb0``) | extra
+    blocks]; -1 where invalid, past the list's length or ``blk >= blk_hi``."""
+    second = blk >= nb0
+    pos = tl.where(second, blk - nb0, blk) * BLOCK_N + tl.arange(0, BLOCK_N)
+    lim = tl.where(blk < blk_hi, tl.where(second, en_valid, n_valid), 0)
+    return tl.load(tl.where(second, eidx_ptr, idx_ptr) + pos, mask=pos < lim, other=-1)
+
+
+@triton.jit
+def _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot):
+    """Cache base pointer (extra cache when ``second``), data-row and scale-row byte offsets
+    ``[BLOCK_N]`` int64 of ``slot`` (-1 read as slot 0)."""
+    # both caches are validated 16-byte aligned (base and page stride): lets the gathers vectorise
+    # whatever the JIT's specialisation of the integer arguments
+    base = tl.multiple_of(tl.where(second, ekv_ptr, kv_ptr), 16)
+    stride = tl.multiple_of(tl.where(second, epage_stride, page_stride), 16)
+    psize = tl.where(second, epage_size, page_size)
+    slot = tl.maximum(slot, 0).to(tl.int64)
+    page = slot // psize
+    off = slot - page * psize
+    return base, page * stride + off * 576, page * stride + psize * 576 + off * 8
+
+
+@triton.jit
+def _prefetch_l2(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot):
+    """``prefetch.global.L2`` every 128-B line of the 584 B of each slot (no registers held)."""
+    base, row, srow = _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot)
+    j = tl.arange(0, 8)[None, :]
+    addr = base + tl.where(j < 6, row[:, None] + tl.minimum(j * 128, 575), srow[:, None])
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [addr], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
+def _gather_block(
+    kv_ptr,
+    page_stride,
+    page_size,
+    ekv_ptr,
+    epage_stride,
+    epage_size,
+    second,
+    slot,
+    NC: tl.constexpr,
 ):
-    """Online-softmax update over candidate blocks ``[blk_lo, blk_hi)`` of one scope."""
-    offs_n = tl.arange(0, BLOCK_N)
-    # K tile as [BLOCK_N, 8, 64]: sub-tiles 0..6 = fp8 NoPE x UE8M0 scale, sub-tile 7 = bf16 RoPE.
-    sub = tl.arange(0, 8)[None, :, None]
-    col = tl.arange(0, 64)[None, None, :]
-    is_nope = sub < 7
-    blk = blk_lo
-    while blk < blk_hi:  # `while`: the interpreter rejects runtime bounds in range()
-        pos = blk * BLOCK_N + offs_n
-        slot = tl.load(idx_ptr + pos, mask=pos < n_valid, other=-1)
-        valid = slot >= 0
-        slot = tl.maximum(slot, 0).to(tl.int64)
-        page = slot // page_size
-        off = slot - page * page_size
-        row = (page * page_stride + off * 576)[:, None, None]
-        srow = (page * page_stride + page_size * 576 + off * 8)[:, None, None]
-        v3 = valid[:, None, None]
-        kb = tl.load(kv_ptr + row + sub * 64 + col, mask=v3 & is_nope, other=0)
-        sb = tl.load(kv_ptr + srow + sub, mask=v3 & is_nope, other=127)
-        kr = tl.load((kv_ptr + row + 448).to(tl.pointer_type(tl.bfloat16)) + col, mask=v3 & (sub == 7),
-                     other=0.0)
-        scale = tl.exp2(sb.to(tl.float32) - 127.0)
-        kf = kb.to(tl.float8e4nv, bitcast=True)
-        if UPCAST:  # interpreter: bf16 arithmetic / bf16 tl.dot are wrong there, stay in fp32
-            k = tl.reshape(tl.where(is_nope, kf.to(tl.float32) * scale, kr.to(tl.float32)), [BLOCK_N, 512])
-        else:  # power-of-two scales: the bf16 product is exact
-            k = tl.reshape(tl.where(is_nope, kf.to(tl.bfloat16) * scale.to(tl.bfloat16), kr), [BLOCK_N, 512])
-        # q is re-read per block (L1-resident) instead of living in registers across the loop:
-        # as an mma A operand a [16, 512] bf16 tile costs 128 registers per thread and spills.
-        qt = tl.load(q_ptrs, mask=q_mask, other=0.0)
-        if UPCAST:
-            qt = qt.to(tl.float32)
-        s = tl.dot(qt, tl.trans(k))
-        s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if UPCAST:
-            acc = acc * alpha[:, None] + tl.dot(p, k)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16), k)
-        m_i = m_new
-        blk += 1
-    return acc, m_i, l_i
+    """Raw bytes of the candidates ``slot [BLOCK_N]`` (-1 = invalid, not read) of one cache (extra when
+    ``second``).  The 512 columns are ``NC`` chunks of ``DC = 512 // NC`` (``DC <= 64``: one UE8M0
+    scale per chunk).
+
+    Returns fp8 NoPE bytes ``[NC, BLOCK_N, DC]`` u8 (0 on RoPE columns), UE8M0 bytes ``[NC, BLOCK_N, 1]``
+    u8, RoPE ``[NC, BLOCK_N, DC]`` bf16 (0 on NoPE columns) and validity ``[BLOCK_N]``.
+    """
+    DC: tl.constexpr = 512 // NC
+    valid = slot >= 0
+    base, row, srow = _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot)
+    row = row[None, :, None]
+    v3 = valid[None, :, None]
+    chunk = tl.arange(0, NC)[:, None, None]
+    col = chunk * DC + tl.arange(0, DC)[None, None, :]
+    nope = col < 448
+    kb = tl.load(base + row + col, mask=v3 & nope, other=0)
+    sb = tl.load(base + srow[None, :, None] + chunk * DC // 64, mask=v3 & (chunk * DC < 448), other=127)
+    kr = tl.load((base + row + 448).to(tl.pointer_type(tl.bfloat16)) + (col - 448), mask=v3 & ~nope, other=0.0)
+    return kb, sb, kr, valid
+
+
+@triton.jit
+def _attend_block(
+    qt,
+    acc,
+    m_i,
+    l_i,
+    kb,
+    sb,
+    kr,
+    valid,
+    qk_scale,
+    NC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Online-softmax update of ``acc [NC, BLOCK_H, DC]``, ``m_i``, ``l_i`` (base 2) by one gathered block;
+    ``qt [NC, BLOCK_H, DC]`` is q in the same column chunks.
+
+    Column chunks are the batch axis of both dots, so each warp owns whole chunks: QK partial sums
+    per chunk are reduced over the chunk axis, PV needs no reduction.
+    """
+    DC: tl.constexpr = 512 // NC
+    nope = (tl.arange(0, NC)[:, None, None] * DC + tl.arange(0, DC)[None, None, :]) < 448
+    scale = tl.exp2(sb.to(tl.float32) - 127.0)
+    kf = kb.to(tl.float8e4nv, bitcast=True)
+    if UPCAST:  # interpreter: bf16 arithmetic / bf16 tl.dot are wrong there, stay in fp32
+        k = tl.where(nope, kf.to(tl.float32) * scale, kr.to(tl.float32))
+    else:  # power-of-two scales: the bf16 product is exact
+        k = tl.where(nope, kf.to(tl.bfloat16) * scale.to(tl.bfloat16), kr)
+    s = tl.sum(tl.dot(qt, tl.permute(k, (0, 2, 1))), 0)
+    s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if not UPCAST:
+        p = p.to(tl.bfloat16)
+    acc = acc * alpha[None, :, None] + tl.dot(tl.broadcast_to(p[None, :, :], (NC, p.shape[0], p.shape[1])), k)
+    return acc, m_new, l_i
 
 
 @triton.jit
 def _sparse_mla_kernel(
-    q_ptr, stride_qt, stride_qh,
-    kv_ptr, page_stride, page_size, idx_ptr, stride_it, len_ptr, num_idx,
-    ekv_ptr, epage_stride, epage_size, eidx_ptr, stride_eit, elen_ptr, num_eidx,
-    has_len, has_elen, rows_per_len,
-    sink_ptr, has_sink,
-    out_ptr, stride_ot, stride_oh, lse_ptr, stride_lt, stride_lh,
-    part_o_ptr, part_lse_ptr,
-    H, qk_scale, blocks_per_split, num_splits,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    q_ptr,
+    stride_qt,
+    stride_qh,
+    kv_ptr,
+    page_stride,
+    page_size,
+    idx_ptr,
+    stride_it,
+    len_ptr,
+    num_idx,
+    ekv_ptr,
+    epage_stride,
+    epage_size,
+    eidx_ptr,
+    stride_eit,
+    elen_ptr,
+    num_eidx,
+    has_len,
+    has_elen,
+    rows_per_len,
+    sink_ptr,
+    has_sink,
+    out_ptr,
+    stride_ot,
+    stride_oh,
+    lse_ptr,
+    stride_lt,
+    stride_lh,
+    part_o_ptr,
+    part_lse_ptr,
+    H,
+    qk_scale,
+    num_splits,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NC: tl.constexpr,
+    SPLIT: tl.constexpr,
+    L2_AHEAD: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Grid ``(T * cdiv(H, BLOCK_H), num_splits)``.
 
+    The row's non-empty candidate blocks (main list, then extra list, per its lengths) are dealt in
+    equal contiguous runs to the ``num_splits`` programs.  L2_AHEAD > 0: the block that many steps
+    ahead is prefetched into L2 (its slots loaded one step earlier still).
     SPLIT=False: writes the final ``out`` bf16 and ``lse`` (sink applied).  SPLIT=True: writes
     ``part_o [T, H, num_splits, 512]`` fp32 (normalized) and ``part_lse [T, H, num_splits]`` (log2).
     """
+    DC: tl.constexpr = 512 // NC
     pid = tl.program_id(0)
     split = tl.program_id(1)
     n_hb = tl.cdiv(H, BLOCK_H)
     t = (pid // n_hb).to(tl.int64)
     heads = (pid % n_hb) * BLOCK_H + tl.arange(0, BLOCK_H)
     hmask = heads < H
-    d = tl.arange(0, 512)
-
-    q_ptrs = q_ptr + t * stride_qt + heads[:, None] * stride_qh + d[None, :]
-    q_mask = hmask[:, None]
+    col = tl.arange(0, NC)[:, None, None] * DC + tl.arange(0, DC)[None, None, :]  # [NC, 1, DC]
+    h3 = heads[None, :, None]
+    m3 = hmask[None, :, None]
+    # loaded once, before any gather is in flight (the compiler keeps it in shared memory)
+    qt = tl.load(q_ptr + t * stride_qt + h3 * stride_qh + col, mask=m3, other=0.0)
+    if UPCAST:  # interpreter: bf16 tl.dot is wrong there, stay in fp32
+        qt = qt.to(tl.float32)
 
     b = t // rows_per_len
     len0 = tl.minimum(tl.load(len_ptr + b, mask=has_len != 0, other=num_idx), num_idx)
     len1 = tl.minimum(tl.load(elen_ptr + b, mask=has_elen != 0, other=num_eidx), num_eidx)
-    nb0 = tl.cdiv(num_idx, BLOCK_N)
-    lo = split * blocks_per_split
-    hi = lo + blocks_per_split
+    nb0 = tl.cdiv(len0, BLOCK_N)
+    nblk = nb0 + tl.cdiv(len1, BLOCK_N)
+    per_split = tl.cdiv(nblk, num_splits)
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, nblk)
+    idx_row = idx_ptr + t * stride_it
+    eidx_row = eidx_ptr + t * stride_eit
 
-    acc = tl.zeros([BLOCK_H, 512], dtype=tl.float32)
+    acc = tl.zeros([NC, BLOCK_H, DC], dtype=tl.float32)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc, m_i, l_i = _attend_scope(
-        q_ptrs, q_mask, acc, m_i, l_i, kv_ptr, page_stride, page_size, idx_ptr + t * stride_it, len0,
-        lo, tl.minimum(hi, tl.cdiv(len0, BLOCK_N)), qk_scale, BLOCK_N, UPCAST,
-    )
-    acc, m_i, l_i = _attend_scope(
-        q_ptrs, q_mask, acc, m_i, l_i, ekv_ptr, epage_stride, epage_size, eidx_ptr + t * stride_eit, len1,
-        tl.maximum(lo - nb0, 0), tl.minimum(hi - nb0, tl.cdiv(len1, BLOCK_N)), qk_scale, BLOCK_N, UPCAST,
-    )
+    if L2_AHEAD > 0:  # blocks lo .. lo + L2_AHEAD - 1 now; each step then prefetches the block L2_AHEAD on
+        for d in tl.static_range(L2_AHEAD):
+            _prefetch_l2(
+                kv_ptr,
+                page_stride,
+                page_size,
+                ekv_ptr,
+                epage_stride,
+                epage_size,
+                lo + d >= nb0,
+                _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + d, hi, BLOCK_N),
+            )
+        ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + L2_AHEAD, hi, BLOCK_N)
+    for blk in range(lo, hi):
+        if L2_AHEAD > 0:
+            _prefetch_l2(
+                kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, blk + L2_AHEAD >= nb0, ahead
+            )
+            ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk + L2_AHEAD + 1, hi, BLOCK_N)
+        kb, sb, kr, valid = _gather_block(
+            kv_ptr,
+            page_stride,
+            page_size,
+            ekv_ptr,
+            epage_stride,
+            epage_size,
+            blk >= nb0,
+            _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, BLOCK_N),
+            NC,
+        )
+        acc, m_i, l_i = _attend_block(qt, acc, m_i, l_i, kb, sb, kr, valid, qk_scale, NC, UPCAST)
 
     lonely = l_i == 0.0
-    o = acc / tl.where(lonely, 1.0, l_i)[:, None]
+    o = acc / tl.where(lonely, 1.0, l_i)[None, :, None]
     lse2 = tl.where(lonely, float("-inf"), m_i + tl.log2(tl.where(lonely, 1.0, l_i)))
     if SPLIT:
         prow = (t * H + heads) * num_splits + split
-        tl.store(part_o_ptr + prow[:, None] * 512 + d[None, :], o, mask=hmask[:, None])
+        # the workspace is validated 16-byte aligned
+        tl.store(tl.multiple_of(part_o_ptr, 16) + prow[None, :, None] * 512 + col, o, mask=m3)
         tl.store(part_lse_ptr + prow, lse2, mask=hmask)
     else:
         sink2 = tl.load(sink_ptr + heads, mask=hmask & (has_sink != 0), other=float("-inf"))
         sink2 = sink2 * 1.4426950408889634
         # out *= exp(lse) / (exp(lse) + exp(sink)); a row with no valid candidate gives 0 and +inf.
-        o = o / (1.0 + tl.exp2(sink2 - lse2))[:, None]
-        o = tl.where(lonely[:, None], 0.0, o)
+        o = o / (1.0 + tl.exp2(sink2 - lse2))[None, :, None]
+        o = tl.where(lonely[None, :, None], 0.0, o)
         lse = tl.where(lonely, float("inf"), lse2 * 0.6931471805599453)
-        tl.store(out_ptr + t * stride_ot + heads[:, None] * stride_oh + d[None, :], o.to(tl.bfloat16),
-                 mask=hmask[:, None])
+        tl.store(out_ptr + t * stride_ot + h3 * stride_oh + col, o.to(tl.bfloat16), mask=m3)
         tl.store(lse_ptr + t * stride_lt + heads * stride_lh, lse, mask=hmask)
 
 
 @triton.jit
 def _sparse_mla_combine_kernel(
-    part_o_ptr, part_lse_ptr, sink_ptr, has_sink,
-    out_ptr, stride_ot, stride_oh, lse_ptr, stride_lt, stride_lh,
-    H, num_splits,
+    part_o_ptr,
+    part_lse_ptr,
+    sink_ptr,
+    has_sink,
+    out_ptr,
+    stride_ot,
+    stride_oh,
+    lse_ptr,
+    stride_lt,
+    stride_lh,
+    H,
+    num_splits,
 ):
     """Grid ``(T * H,)``: LSE-merge the split partials of one (row, head), apply the sink."""
     pid = tl.program_id(0).to(tl.int64)
@@ -191,70 +325,137 @@ def _sparse_mla_combine_kernel(
 
 @dataclass(frozen=True)
 class _Cfg:
+    """Launch configuration: ``block_h`` heads per program (16 = the mma M; heads past H are masked),
+    ``block_n`` candidates per step, ``nc`` column chunks (one per warp), L2 prefetch ``l2_ahead``
+    blocks ahead, and the fewest candidate blocks per split :func:`choose_num_splits` leaves a program
+    (the prefetch needs a few)."""
+
     block_h: int
     block_n: int
-    num_warps: int
-    num_stages: int
+    num_warps: int = 8
+    num_stages: int = 1
+    nc: int = 8
+    l2_ahead: int = 0
+    min_blocks: int = 1
 
 
-# Decode-sized launches use 16-head blocks (more programs); prefill with >= 32 heads uses 32-head
-# blocks (half the gather + dequant work per head), never split (its SPLIT=True build spills).
-# BLOCK_N=64 exceeds 101,376 B smem; 4 warps spill; (16, 32, 8, 1) spills 8 B when every integer
-# argument is divisible by 16 (the common runtime specialisation), so decode uses BLOCK_N=16 (49 KB).
-_CFG_DECODE = _Cfg(16, 16, 8, 1)
-_CFG_PREFILL = _Cfg(32, 32, 8, 1)
+# Tiles picked by :func:`_pick_cfg`, from an H100 mma.sync sweep (DISABLE_MMA_V3=1, CUDA-graph
+# replays, 32 heads, SWA 128 + C4 top-k 512, 8K context).  Few programs: 16-head programs split the
+# candidates most finely (bs 1: 13.3 us vs 42.2 us for the large tile, bs 8: 22.6 vs 42.9).  Many
+# programs: 32-head programs gather and dequantise each KV row once per 32 heads and prefetch two
+# blocks ahead into L2 (bs 32: 55.6 vs 75.9 us, bs 64: 105.2 vs 146.0; MTP q_len 2 bs 32: 103.0 vs
+# 141.3).  All builds have 0 spills in every AOT specialisation.
+_CFG_DECODE_SMALL = _Cfg(16, 16)
+_CFG_DECODE_LARGE = _Cfg(32, 32, l2_ahead=2, min_blocks=3)
+# Prefill (rows x 32-head blocks >= 2 x SMs, never split); the L2 prefetch was not timed there.
+_CFG_PREFILL = _Cfg(32, 32)
+# The large decode tile from this many 16-head programs (rows x cdiv(H, 16)) on, for H >= 32: in the
+# sweep the small tile won at 16 and 32 programs (bs 8 at q_len 1 and 2), the large one from 64 on.
+LARGE_DECODE_PROGRAMS = 48
 
 _MAIN_SIG = {
-    "q_ptr": "*bf16", "stride_qt": "i32", "stride_qh": "i32",
-    "kv_ptr": "*u8", "page_stride": "i64", "page_size": "i32", "idx_ptr": "*i32", "stride_it": "i32",
-    "len_ptr": "*i32", "num_idx": "i32",
-    "ekv_ptr": "*u8", "epage_stride": "i64", "epage_size": "i32", "eidx_ptr": "*i32", "stride_eit": "i32",
-    "elen_ptr": "*i32", "num_eidx": "i32",
-    "has_len": "i32", "has_elen": "i32", "rows_per_len": "i32",
-    "sink_ptr": "*fp32", "has_sink": "i32",
-    "out_ptr": "*bf16", "stride_ot": "i32", "stride_oh": "i32",
-    "lse_ptr": "*fp32", "stride_lt": "i32", "stride_lh": "i32",
-    "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
-    "H": "i32", "qk_scale": "fp32", "blocks_per_split": "i32", "num_splits": "i32",
+    "q_ptr": "*bf16",
+    "stride_qt": "i32",
+    "stride_qh": "i32",
+    "kv_ptr": "*u8",
+    "page_stride": "i64",
+    "page_size": "i32",
+    "idx_ptr": "*i32",
+    "stride_it": "i32",
+    "len_ptr": "*i32",
+    "num_idx": "i32",
+    "ekv_ptr": "*u8",
+    "epage_stride": "i64",
+    "epage_size": "i32",
+    "eidx_ptr": "*i32",
+    "stride_eit": "i32",
+    "elen_ptr": "*i32",
+    "num_eidx": "i32",
+    "has_len": "i32",
+    "has_elen": "i32",
+    "rows_per_len": "i32",
+    "sink_ptr": "*fp32",
+    "has_sink": "i32",
+    "out_ptr": "*bf16",
+    "stride_ot": "i32",
+    "stride_oh": "i32",
+    "lse_ptr": "*fp32",
+    "stride_lt": "i32",
+    "stride_lh": "i32",
+    "part_o_ptr": "*fp32",
+    "part_lse_ptr": "*fp32",
+    "H": "i32",
+    "qk_scale": "fp32",
+    "num_splits": "i32",
 }
-register_aot(
-    "sparse_mla.attend",
-    _sparse_mla_kernel,
-    signature=_MAIN_SIG,
-    configs=[
-        AotConfig({"BLOCK_H": c.block_h, "BLOCK_N": c.block_n, "SPLIT": split, "UPCAST": False},
-                  num_warps=c.num_warps, num_stages=c.num_stages)
-        for c, split in ((_CFG_DECODE, False), (_CFG_DECODE, True), (_CFG_PREFILL, False))
-    ],
-)
+
+
+def _aot_configs() -> list[AotConfig]:
+    """The builds :func:`_pick_cfg` can launch: both decode tiles split or not, prefill unsplit."""
+    builds = [(_CFG_DECODE_SMALL, False), (_CFG_DECODE_SMALL, True), (_CFG_DECODE_LARGE, False)]
+    builds += [(_CFG_DECODE_LARGE, True), (_CFG_PREFILL, False)]
+    return [
+        AotConfig(
+            {
+                "BLOCK_H": c.block_h,
+                "BLOCK_N": c.block_n,
+                "NC": c.nc,
+                "SPLIT": split,
+                "L2_AHEAD": c.l2_ahead,
+                "UPCAST": False,
+            },
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+        )
+        for c, split in builds
+    ]
+
+
+register_aot("sparse_mla.attend", _sparse_mla_kernel, signature=_MAIN_SIG, configs=_aot_configs())
 register_aot(
     "sparse_mla.combine",
     _sparse_mla_combine_kernel,
     signature={
-        "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "sink_ptr": "*fp32", "has_sink": "i32",
-        "out_ptr": "*bf16", "stride_ot": "i32", "stride_oh": "i32",
-        "lse_ptr": "*fp32", "stride_lt": "i32", "stride_lh": "i32", "H": "i32", "num_splits": "i32",
+        "part_o_ptr": "*fp32",
+        "part_lse_ptr": "*fp32",
+        "sink_ptr": "*fp32",
+        "has_sink": "i32",
+        "out_ptr": "*bf16",
+        "stride_ot": "i32",
+        "stride_oh": "i32",
+        "lse_ptr": "*fp32",
+        "stride_lt": "i32",
+        "stride_lh": "i32",
+        "H": "i32",
+        "num_splits": "i32",
     },
     configs=[AotConfig({}, num_warps=4, num_stages=1)],
 )
 
 # ----------------------------------------------------------------------------- host side
 
-def _pick_cfg(num_rows: int, num_heads: int, device: torch.device) -> _Cfg:
-    if num_heads >= 32 and num_rows * num_heads // 32 >= 2 * num_sms(device):
+
+def _pick_cfg(num_rows: int, num_heads: int, device: torch.device, split: bool) -> _Cfg:
+    """Tile for ``num_rows`` query rows of ``num_heads`` heads; ``split``: the launch may be split-K
+    (the prefill tile is only taken unsplit)."""
+    if num_heads < 32:
+        return _CFG_DECODE_SMALL
+    if not split and num_rows * num_heads // 32 >= 2 * num_sms(device):
         return _CFG_PREFILL
-    return _CFG_DECODE
+    if num_rows * triton.cdiv(num_heads, 16) >= LARGE_DECODE_PROGRAMS:
+        return _CFG_DECODE_LARGE
+    return _CFG_DECODE_SMALL
 
 
 def choose_num_splits(num_rows: int, num_heads: int, topk: int, extra_topk: int, device: torch.device) -> int:
-    """Split count for flash-decoding: fill the SMs when rows x head blocks are few (host ints only)."""
-    cfg = _CFG_DECODE
+    """Split count for flash-decoding (host ints only): the most splits that keep rows x head blocks x
+    splits within one program per SM and leave each split the tile's ``min_blocks`` blocks."""
+    cfg = _pick_cfg(num_rows, num_heads, device, split=True)
     programs = num_rows * triton.cdiv(num_heads, cfg.block_h)
-    sms = num_sms(device)
-    if programs == 0 or programs >= sms:
+    if programs == 0:
         return 1
     blocks = triton.cdiv(topk, cfg.block_n) + triton.cdiv(extra_topk, cfg.block_n)
-    return max(1, min(triton.cdiv(sms, programs), blocks, MAX_SPLITS))
+    return max(1, min(num_sms(device) // programs, blocks // cfg.min_blocks, MAX_SPLITS))
 
 
 @dataclass
@@ -276,29 +477,35 @@ class SparseMLAWorkspace:
         return self.part_lse.numel()
 
 
-def workspace_for(max_rows: int, num_heads: int, topk: int, extra_topk: int,
-                  device: torch.device | str) -> SparseMLAWorkspace:
+def workspace_for(
+    max_rows: int, num_heads: int, topk: int, extra_topk: int, device: torch.device | str
+) -> SparseMLAWorkspace:
     """Workspace covering :func:`choose_num_splits` for every row count ``1..max_rows``.
 
     Allocate once before CUDA-graph capture; pass ``choose_num_splits(T, ...)`` as ``num_splits``.
     """
     device = torch.device(device)
-    splits = (choose_num_splits(r, num_heads, topk, extra_topk, device) for r in range(1, max_rows + 1))
-    need = max((r * s for r, s in enumerate(splits, 1) if s > 1), default=0)  # 1 split needs no workspace
-    return SparseMLAWorkspace.allocate(need * num_heads, device)
+    need = max(
+        (r * s for r in range(1, max_rows + 1) if (s := choose_num_splits(r, num_heads, topk, extra_topk, device)) > 1),
+        default=0,
+    )
+    return SparseMLAWorkspace.allocate(need * num_heads, device)  # 1 split needs no workspace
 
 
 def _check_cache(name: str, cache: torch.Tensor) -> None:
     if cache.dtype not in (torch.uint8, torch.float8_e4m3fn):
         raise ValueError(f"{name}: expected uint8 (or float8_e4m3fn) bytes, got {cache.dtype}")
     if cache.ndim != 4 or cache.shape[2] != 1 or cache.shape[3] != TOKEN_BYTES:
-        raise ValueError(
-            f"{name}: expected [num_pages, page_size, 1, {TOKEN_BYTES}], got {tuple(cache.shape)}"
-        )
+        raise ValueError(f"{name}: expected [num_pages, page_size, 1, {TOKEN_BYTES}], got {tuple(cache.shape)}")
     if cache.stride(3) != 1 or cache.stride(0) < cache.shape[1] * TOKEN_BYTES:
         raise ValueError(
             f"{name}: expected page stride >= page_size*{TOKEN_BYTES} B and unit byte stride, "
             f"got strides {cache.stride()}"
+        )
+    if cache.stride(0) % 16 or cache.data_ptr() % 16:
+        raise ValueError(
+            f"{name}: expected a 16-byte aligned base and page stride (the kernel gathers 16 B "
+            f"vectors), got page stride {cache.stride(0)}, address {cache.data_ptr():#x}"
         )
 
 
@@ -338,12 +545,11 @@ def sparse_mla_fwd(
     int32 or None (row ``t`` uses entry ``t // rows_per_length``); attn_sink ``[H]`` fp32 or None
     (slice the global 64-head sink by this rank's head range).  out ``[T, H, 512]`` bf16, lse
     ``[T, H]`` fp32 (natural log, sink excluded, +inf for rows without a valid slot).
-    ``num_splits > 1`` needs ``workspace`` with room for ``T x H x num_splits``.
+    ``num_splits > 1`` needs ``workspace`` with room for ``T x H x num_splits``; pass
+    :func:`choose_num_splits` ``(T, H, ...)`` (the tile follows ``T`` and ``H``, see :func:`_pick_cfg`).
     """
     if q.dtype != torch.bfloat16 or q.ndim != 3 or q.shape[2] != HEAD_DIM or q.stride(2) != 1:
-        raise ValueError(
-            f"q: expected bf16 [T, H, {HEAD_DIM}] with unit last stride, got {q.dtype} {tuple(q.shape)}"
-        )
+        raise ValueError(f"q: expected bf16 [T, H, {HEAD_DIM}] with unit last stride, got {q.dtype} {tuple(q.shape)}")
     t_rows, heads, _ = q.shape
     if heads not in SUPPORTED_HEADS:
         raise ValueError(f"q: head count {heads} not in {SUPPORTED_HEADS} (q is [T, H, {HEAD_DIM}])")
@@ -359,54 +565,96 @@ def sparse_mla_fwd(
         _check_cache("extra_k_cache", extra_k_cache)
         _check_indices("extra_indices", extra_indices, t_rows)
         _check_len("extra_topk_length", extra_topk_length, n_len)
-    if attn_sink is not None and (attn_sink.dtype != torch.float32 or tuple(attn_sink.shape) != (heads,)
-                                  or attn_sink.stride(0) != 1):
-        raise ValueError(f"attn_sink: expected fp32 [{heads}] contiguous, got {attn_sink.dtype} "
-                         f"{tuple(attn_sink.shape)}")
-    if out.dtype != torch.bfloat16 or tuple(out.shape) != (t_rows, heads, HEAD_DIM) or out.stride(2) != 1:
+    if attn_sink is not None and (
+        attn_sink.dtype != torch.float32 or tuple(attn_sink.shape) != (heads,) or attn_sink.stride(0) != 1
+    ):
         raise ValueError(
-            f"out: expected bf16 [{t_rows}, {heads}, {HEAD_DIM}], got {out.dtype} {tuple(out.shape)}"
+            f"attn_sink: expected fp32 [{heads}] contiguous, got {attn_sink.dtype} {tuple(attn_sink.shape)}"
         )
+    if out.dtype != torch.bfloat16 or tuple(out.shape) != (t_rows, heads, HEAD_DIM) or out.stride(2) != 1:
+        raise ValueError(f"out: expected bf16 [{t_rows}, {heads}, {HEAD_DIM}], got {out.dtype} {tuple(out.shape)}")
     if lse.dtype != torch.float32 or tuple(lse.shape) != (t_rows, heads):
         raise ValueError(f"lse: expected fp32 [{t_rows}, {heads}], got {lse.dtype} {tuple(lse.shape)}")
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected 1..{MAX_SPLITS}, got {num_splits}")
-    if num_splits > 1 and (workspace is None or workspace.capacity < t_rows * heads * num_splits):
-        raise ValueError(f"workspace: needs room for [{t_rows}, {heads}, {num_splits}] partials")
+    if num_splits > 1 and (
+        workspace is None or workspace.capacity < t_rows * heads * num_splits or workspace.part_o.data_ptr() % 16
+    ):
+        raise ValueError(f"workspace: needs room for [{t_rows}, {heads}, {num_splits}] partials, 16-byte aligned")
     if t_rows == 0:
         return
 
-    cfg = _pick_cfg(t_rows, heads, q.device) if num_splits == 1 else _CFG_DECODE
-    ekv, eidx, elen = (k_cache, indices, None) if extra_k_cache is None else (
-        extra_k_cache, extra_indices, extra_topk_length)
+    cfg = _pick_cfg(t_rows, heads, q.device, split=num_splits > 1)
+    ekv, eidx, elen = (
+        (k_cache, indices, None) if extra_k_cache is None else (extra_k_cache, extra_indices, extra_topk_length)
+    )
     num_idx = indices.shape[1]
     num_eidx = 0 if extra_k_cache is None else extra_indices.shape[1]
     total_blocks = triton.cdiv(num_idx, cfg.block_n) + triton.cdiv(num_eidx, cfg.block_n)
     num_splits = max(1, min(num_splits, total_blocks))
-    blocks_per_split = triton.cdiv(total_blocks, num_splits)
     part_o = workspace.part_o if num_splits > 1 else lse
     part_lse = workspace.part_lse if num_splits > 1 else lse
     grid = (t_rows * triton.cdiv(heads, cfg.block_h), num_splits)
     compiled = _sparse_mla_kernel[grid](
-        q, q.stride(0), q.stride(1),
-        k_cache.view(torch.uint8), k_cache.stride(0), k_cache.shape[1], indices, indices.stride(0),
-        topk_length if topk_length is not None else indices, num_idx,
-        ekv.view(torch.uint8), ekv.stride(0), ekv.shape[1], eidx, eidx.stride(0),
-        elen if elen is not None else indices, num_eidx,
-        int(topk_length is not None), int(elen is not None), rows_per_length,
-        attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
-        out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1),
-        part_o, part_lse,
-        heads, softmax_scale * _LOG2E, blocks_per_split, num_splits,
-        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, UPCAST=_INTERPRET,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        q,
+        q.stride(0),
+        q.stride(1),
+        k_cache.view(torch.uint8),
+        k_cache.stride(0),
+        k_cache.shape[1],
+        indices,
+        indices.stride(0),
+        topk_length if topk_length is not None else indices,
+        num_idx,
+        ekv.view(torch.uint8),
+        ekv.stride(0),
+        ekv.shape[1],
+        eidx,
+        eidx.stride(0),
+        elen if elen is not None else indices,
+        num_eidx,
+        int(topk_length is not None),
+        int(elen is not None),
+        rows_per_length,
+        attn_sink if attn_sink is not None else lse,
+        int(attn_sink is not None),
+        out,
+        out.stride(0),
+        out.stride(1),
+        lse,
+        lse.stride(0),
+        lse.stride(1),
+        part_o,
+        part_lse,
+        heads,
+        softmax_scale * _LOG2E,
+        num_splits,
+        BLOCK_H=cfg.block_h,
+        BLOCK_N=cfg.block_n,
+        NC=cfg.nc,
+        SPLIT=num_splits > 1,
+        L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead,
+        UPCAST=_INTERPRET,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     guard_compiled("sparse_mla.attend", compiled)
     if num_splits > 1:
         compiled = _sparse_mla_combine_kernel[(t_rows * heads,)](
-            part_o, part_lse, attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
-            out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1), heads, num_splits,
-            num_warps=4, num_stages=1,
+            part_o,
+            part_lse,
+            attn_sink if attn_sink is not None else lse,
+            int(attn_sink is not None),
+            out,
+            out.stride(0),
+            out.stride(1),
+            lse,
+            lse.stride(0),
+            lse.stride(1),
+            heads,
+            num_splits,
+            num_warps=4,
+            num_stages=1,
         )
         guard_compiled("sparse_mla.combine", compiled)
 
@@ -420,8 +668,8 @@ _SHARED_WORKSPACES: dict[tuple[torch.device, int], SparseMLAWorkspace] = {}
 def shared_workspace(num_heads: int, device: torch.device) -> SparseMLAWorkspace:
     """Split-K workspace of :func:`flash_mla_with_kvcache` for ``num_heads`` heads on ``device``.
 
-    Sized for :func:`choose_num_splits` at every row count and top-k (fewer than 32 x SMs
-    (row, head, split) triples of 2 KB: ~8 MB on an H100, ~12 MB on an RTX PRO 6000), allocated
+    Sized for :func:`choose_num_splits` at every row count and top-k (at most
+    SMs x H (row, head, split) triples of 2 KB: 8.4 MB at 32 heads on an H100), allocated
     on first use and never replaced, so CUDA graphs captured earlier keep valid pointers whatever
     batch sizes come later.  The first call per (device, head count) must be outside capture.
     """
@@ -433,7 +681,7 @@ def shared_workspace(num_heads: int, device: torch.device) -> SparseMLAWorkspace
                 f"sparse_mla: no split-K workspace yet for {num_heads} heads on {device} during CUDA-graph "
                 "capture; run one eager call first (SGLang's capture warm-up does) or use sparse_mla_fwd"
             )
-        ws = workspace_for(num_sms(device), num_heads, MAX_SPLITS * _CFG_DECODE.block_n, 0, device)
+        ws = workspace_for(num_sms(device), num_heads, MAX_SPLITS * 64, 0, device)
         _SHARED_WORKSPACES[key] = ws
     return ws
 
@@ -496,9 +744,15 @@ def flash_mla_with_kvcache(
 
     if q.device.type != "cuda" and not _INTERPRET:
         out3, lse2 = sparse_mla_ref(
-            q3, k_cache, idx, None if topk_length is None else topk_length.repeat_interleave(s_q),
-            attn_sink, extra_k_cache, eidx,
-            None if extra_topk_length is None else extra_topk_length.repeat_interleave(s_q), scale,
+            q3,
+            k_cache,
+            idx,
+            None if topk_length is None else topk_length.repeat_interleave(s_q),
+            attn_sink,
+            extra_k_cache,
+            eidx,
+            None if extra_topk_length is None else extra_topk_length.repeat_interleave(s_q),
+            scale,
         )
     else:
         out3 = torch.empty(rows, heads, HEAD_DIM, dtype=torch.bfloat16, device=q.device)
@@ -507,13 +761,32 @@ def flash_mla_with_kvcache(
         splits = choose_num_splits(rows, heads, idx.shape[-1], extra_topk, q.device)
         ws = shared_workspace(heads, q.device) if splits > 1 else None
         sparse_mla_fwd(
-            q3, k_cache, idx, topk_length, attn_sink, extra_k_cache, eidx, extra_topk_length,
-            out3, lse2, ws, splits, scale, rows_per_length=s_q,
+            q3,
+            k_cache,
+            idx,
+            topk_length,
+            attn_sink,
+            extra_k_cache,
+            eidx,
+            extra_topk_length,
+            out3,
+            lse2,
+            ws,
+            splits,
+            scale,
+            rows_per_length=s_q,
         )
     return out3.view(b, s_q, heads, HEAD_DIM), lse2.view(b, s_q, heads).transpose(1, 2)
 
 
 __all__ = [
-    "MAX_SPLITS", "SparseMLASchedMeta", "SparseMLAWorkspace", "choose_num_splits", "flash_mla_with_kvcache",
-    "get_mla_metadata", "shared_workspace", "sparse_mla_fwd", "workspace_for",
+    "MAX_SPLITS",
+    "SparseMLASchedMeta",
+    "SparseMLAWorkspace",
+    "choose_num_splits",
+    "flash_mla_with_kvcache",
+    "get_mla_metadata",
+    "shared_workspace",
+    "sparse_mla_fwd",
+    "workspace_for",
 ]
