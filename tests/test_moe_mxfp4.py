@@ -234,7 +234,7 @@ def _check_gpu(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t", [1, 2, 3, 7, 16, 64, 65, 512, 513, 4096])  # GEMV up to 512, routed above
+@pytest.mark.parametrize("t", [1, 2, 3, 7, 16, 64, 65, 512, 4096])  # GEMV up to 64, routed above
 @pytest.mark.parametrize("skew", [False, True], ids=["uniform", "skewed"])
 def test_gpu_moe_dsv4(dsv4_experts, t, skew):
     w13, w2, s13, s2 = dsv4_experts

@@ -5,8 +5,7 @@ them, *before* Marlin repacking: ``w13 [E, 2I, H/2]`` int8/uint8 (rows ``[gate; 
 nibble = even k), ``w2 [E, H, I/2]``, scales ``[E, 2I, H/32]`` / ``[E, H, I/32]`` as fp32 powers of two
 (0.5.12) or UE8M0 bytes (``uint8`` / ``float8_e8m0fnu``, 0.5.16).
 
-Decode and short prefill chunks (up to ``GEMV_MAX_TOKENS`` = 512 tokens; 2 launches, no routing pass): GEMV on
-CUDA cores, one program per
+Decode (up to ``GEMV_MAX_TOKENS`` = 64 tokens; 2 launches, no routing pass): GEMV on CUDA cores, one program per
 (row tile, slot) for gate/up + SwiGLU and per (row tile, token) for the down projection with the top-k sum
 fused (:func:`_fp4_gemv`: 16-byte weight loads, two E2M1 decoded per 32-bit op, one scale per 32-group sum).
 The weights of an expert picked by several tokens are read once per slot (from L2 after the first).
@@ -15,7 +14,7 @@ Prefill (above that; 6 launches, graph-safe, no host sync; grids depend on shape
 
 1. ``count``: per (token, k) slot, ``rank = atomic_add(counts[expert], 1)`` (ids outside ``[0, E)``, e.g. SGLang's
    ``-1`` for padded tokens, are skipped);
-2. ``offsets`` (one program): experts' row ranges padded to ``BLOCK_M`` (64), the expert of each row block,
+2. ``offsets`` (one program): experts' row ranges padded to ``BLOCK_M`` (16), the expert of each row block,
    padding sentinels; resets ``counts`` to zero for the next call;
 3. ``scatter``: ``sorted[offset[expert] + rank] = slot``;
 4. GEMM1 (grouped, one ``BLOCK_M`` block of one expert per program): ``x[slot // topk] @ [gate; up]^T`` with the
@@ -46,16 +45,18 @@ _E8M0 = (torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
 _IDS = (torch.int32, torch.int64)
 MAX_EXPERTS = 512
 K_ALIGN = 128  # H and I must be multiples of this (the largest BLOCK_K)
-# GEMV up to this many tokens, the routed tl.dot pipeline above. H100 (mma.sync build): the GEMV costs a fixed
-# ~36 / 19 / 4.7 us per token at TP 1 / 2 / 8, the routed path ~19 / 9.9 / 2.8 ms + 7.5 / 3.8 / 1 us per token,
-# so the GEMV wins below ~600 tokens at every TP.
-GEMV_MAX_TOKENS = 512
+# GEMV up to this many tokens, the routed tl.dot pipeline above. H100, mma.sync build, TP 1: the GEMV costs
+# ~36 us per token (2.34 ms at 64 tokens); the routed path with 16-row blocks cost 3.23 ms at 64 tokens (194
+# experts hit, one block each) and grows with the number of row blocks, not tokens, so it wins from ~90 tokens.
+GEMV_MAX_TOKENS = 64
 _SLOT_BLOCK = 256  # count / scatter kernels: slots per program
 _OFF_CHUNK = 32  # offsets kernel: row blocks per step
 _SUM_BLOCK = 1024
-# routed path: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-_GATED_TILE = (64, 64, 64, 8, 3)
-_DOWN_TILE = (64, 128, 64, 8, 3)
+# routed path: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). 16-row blocks: with E = 256 most experts get
+# fewer than 64 rows per chunk, and on the H100 a 64-row block (64x64x64, 8 warps) cost ~6x a 16-row one (19.5 ms
+# at 65 tokens vs 3.2 ms at 64 tokens, same experts hit), so 16-row blocks stay cheaper up to thousands of tokens.
+_GATED_TILE = (16, 64, 128, 4, 4)
+_DOWN_TILE = (16, 64, 128, 4, 4)
 _BLOCK_M = _GATED_TILE[0]
 
 
