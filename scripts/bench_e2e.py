@@ -26,6 +26,7 @@ import argparse
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sglang_sm120 import smoke
@@ -52,12 +53,11 @@ def check(results: dict[str, dict[str, Any] | None], args: argparse.Namespace) -
     native = results.get(smoke.NATIVE.name)
     lines: list[str] = []
     problems: list[str] = []
-    graph_bs = sorted({*_check_bs(args), *args.batch_sizes})
     for cfg in CONFIGS:
         res = results.get(cfg.name)
         if res is None:
             continue
-        problems += smoke.check_child(cfg.name, res, cfg, graph_bs)
+        problems += smoke.check_child(cfg.name, res, cfg, _graph_bs(args))
         if cfg is smoke.NATIVE or native is None:
             continue
         table, total = smoke.comparison_table(native, res, TOLERANCE)
@@ -75,8 +75,13 @@ def _check_bs(args: argparse.Namespace) -> list[int]:
     return list(range(1, args.check_max_bs + 1)) if args.check else []
 
 
+def _graph_bs(args: argparse.Namespace) -> list[int]:
+    """Decode graphs each child captures: the timed batch sizes, plus 1..N for ``--check``."""
+    return sorted({*_check_bs(args), *args.batch_sizes})
+
+
 def markdown(results: dict[str, dict[str, Any] | None], errors: dict[str, str], args: argparse.Namespace,
-             check_lines: list[str] = ()) -> str:
+             check_lines: Sequence[str] = ()) -> str:
     """The report: one table for decode steps, one for prefill, ratios against ``native``."""
     ran = next((r for r in results.values() if r is not None), None)
     device = f"{ran['device']}, SGLang {ran['sglang']}, torch {ran['torch']}" if ran else "unknown device"
@@ -139,11 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, str] = {}
     try:
         model_dir = smoke.write_tiny_model(workdir / "tiny-dsv4", args.layers)
-        graph_bs = sorted({*_check_bs(args), *args.batch_sizes})
         spec = {"job": "compare+bench" if args.check else "bench", "seed": args.seed,
                 "batch_sizes": _check_bs(args) or args.batch_sizes, "bench_batch_sizes": args.batch_sizes,
                 "input_len": args.input_len, "decode_steps": args.decode_steps, "repeats": args.repeats,
-                "server_args": smoke.server_argv(model_dir, graph_bs, args.seed,
+                "server_args": smoke.server_argv(model_dir, _graph_bs(args), args.seed,
                                                  context_length=max(4096, 2 * (args.input_len + args.decode_steps)))}
         for cfg in CONFIGS:
             if cfg.name not in args.configs:

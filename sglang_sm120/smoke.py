@@ -630,14 +630,12 @@ def child_main(spec_file: str) -> int:
     spec = json.loads(Path(spec_file).read_text())
     install_refill(spec["seed"])
     log(f"{spec['label']}: importing SGLang and building the ModelRunner (graphs for bs {spec['batch_sizes']})")
-    import importlib.metadata
-
     import torch
 
     t0 = time.monotonic()
     runner = _build_runner(spec["server_args"])
     info = {"capture_bs": _captured_bs(runner), "plugin": _plugin_state(),
-            "device": torch.cuda.get_device_name(), "sglang": importlib.metadata.version("sglang"),
+            "device": torch.cuda.get_device_name(), "sglang": installed_sglang(),
             "torch": torch.__version__, "startup_s": time.monotonic() - t0}
     log(f"{spec['label']}: ready in {info['startup_s']:.0f}s; captured decode graphs for bs {info['capture_bs']}; "
         f"plugin {info['plugin']}")

@@ -566,12 +566,13 @@ def _gemv_aot_configs(s_fp32: bool) -> list[AotConfig]:
 
 
 for _s, _sf in (("*fp32", True), ("*u8", False)):
+    _configs = _gemv_aot_configs(_sf)
     for _ids in ("*i32", "*i64"):
         register_aot(
             f"moe_mxfp4.gemv[s={_s[1:]},ids={_ids[1:]}]",
             _moe_gemv_kernel,
             signature=_gemv_signature(_s, _ids),
-            configs=_gemv_aot_configs(_sf),
+            configs=_configs,
         )
 for _ids in ("i32", "i64"):
     register_aot(

@@ -177,7 +177,12 @@ def topk_workspace_numel(rows: int, width: int, k: int = 512) -> int:
     """int32 elements of scratch :func:`topk_transform_512` needs for ``[rows, width]`` scores (may be 0)."""
     if k not in _SUPPORTED_K:
         raise ValueError(f"k: expected 512 or 1024, got {k}")
-    return 2 * rows * k * sum(_levels(width, k))
+    return _workspace_numel(rows, k, _levels(width, k))
+
+
+def _workspace_numel(rows: int, k: int, levels: list[int]) -> int:
+    """Keys + indices of every non-final level's lists (``levels`` from :func:`_levels`)."""
+    return 2 * rows * k * sum(levels)
 
 
 def _scratch(numel: int, device: torch.device) -> torch.Tensor:
@@ -241,7 +246,7 @@ def topk_transform_512(
             raise ValueError("out_raw_indices: must be contiguous")
     width = scores.shape[1]
     levels = _levels(width, k)
-    need = 2 * rows * k * sum(levels)
+    need = _workspace_numel(rows, k, levels)
     if workspace is None:
         workspace = _scratch(need, scores.device)
     elif workspace.dtype != torch.int32 or workspace.numel() < need or not workspace.is_contiguous():
