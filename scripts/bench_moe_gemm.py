@@ -12,7 +12,8 @@ dequant + matmul (weight pre-dequantised to bf16: the BF16-fallback cost). wo_a:
 weights in all). "ours" is timed with ``DISABLE_MMA_V3=1`` (mma.sync, the SM12x instruction mix; headline) and
 without. GB/s counts weight bytes (FP8 + scales); peak = H100 HBM 3.35 TB/s.
 MoE: ours (``fused_moe_mxfp4``, DSV4-Flash E=256 top-6, H=4096, I=2048/TP, swiglu_limit 10, uniform random
-routing; "path": GEMV with the wide or small tile up to 64 tokens, the routed tl.dot pipeline above) vs SGLang's
+routing; "path": GEMV with the wide or small tile up to 64 tokens, the routed tl.dot pipeline with m-row expert
+blocks above; ``--moe-routed-too`` also times the routed path where the GEMV runs) vs SGLang's
 Marlin MXFP4 MoE (``fused_marlin_moe`` on ``prepare_moe_mxfp4_layer_for_marlin`` weights, native SM90) and
 SGLang's Triton ``fused_experts`` on FP8 128x128-block experts; times include routing alignment. Each case cycles
 through ``MOE_ROUTINGS`` random routings (1 at T > 64), so the experts read are not L2-resident. GB/s counts the
@@ -130,9 +131,12 @@ def _moe_routing(t: int, seed: int = 0):
     return (tw / tw.sum(1, keepdim=True)).contiguous(), ids.contiguous()
 
 
-def measure_moe_ours(tps: list[int], ts: list[int]) -> dict[str, float]:
+def measure_moe_ours(tps: list[int], ts: list[int], routed_too: bool) -> dict[str, float]:
+    """``moe/tp/T``: the shipped path; ``routed_too``: also ``moe_routed/tp/T``, the routed path forced where the
+    GEMV path would run (to place ``GEMV_MAX_TOKENS``)."""
     import torch
 
+    from sglang_sm120.kernels import moe_mxfp4
     from sglang_sm120.kernels.moe_mxfp4 import fused_moe_mxfp4, moe_mxfp4_workspace
 
     def case(weights, t: int) -> float:
@@ -150,6 +154,13 @@ def measure_moe_ours(tps: list[int], ts: list[int]) -> dict[str, float]:
         for t in ts:
             res[f"moe/tp{tp}/{t}"] = case(weights, t)
             _emit(f"moe/tp{tp}/{t}", res[f"moe/tp{tp}/{t}"])
+            if routed_too and t <= moe_mxfp4.GEMV_MAX_TOKENS:
+                shipped, moe_mxfp4.GEMV_MAX_TOKENS = moe_mxfp4.GEMV_MAX_TOKENS, 0
+                try:
+                    res[f"moe_routed/tp{tp}/{t}"] = case(weights, t)
+                finally:
+                    moe_mxfp4.GEMV_MAX_TOKENS = shipped
+                _emit(f"moe_routed/tp{tp}/{t}", res[f"moe_routed/tp{tp}/{t}"])
             torch.cuda.empty_cache()
         weights = None
         torch.cuda.empty_cache()
@@ -163,7 +174,7 @@ def _moe_path(tp: int, t: int) -> str:
     from sglang_sm120.kernels import moe_mxfp4
 
     if t > moe_mxfp4.GEMV_MAX_TOKENS:
-        return "routed"
+        return f"routed m{moe_mxfp4._routed_tile(t * MOE_TOPK, MOE_E)[0]}"
     tile = moe_mxfp4._gemv_plan(t, MOE_TOPK, MOE_H, MOE_I // tp, moe_mxfp4.num_sms(torch.device("cuda")))[0]
     return "gemv wide" if tile is moe_mxfp4._WIDE else "gemv small"
 
@@ -353,9 +364,9 @@ def render_moe(tps, ts, off, on, base, hit, notes) -> str:
         f"MoE (MXFP4 routed experts, E={MOE_E}, top-{MOE_TOPK}, H={MOE_H}, I={MOE_I}/TP, swiglu_limit "
         f"{MOE_LIMIT}); GB/s and % HBM on the MXFP4 bytes of the experts hit; ours/Marlin < 1 = faster.",
         "",
-        "| TP | T | path | experts hit | ours(off) us | ours(on) us | GB/s (off) | % HBM | TFLOP/s (off) "
-        "| Marlin us | ours/Marlin time | SGLang Triton FP8 us |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TP | T | path | experts hit | ours(off) us | ours(on) us | routed forced (off) us | GB/s (off) | % HBM "
+        "| TFLOP/s (off) | Marlin us | ours/Marlin time | SGLang Triton FP8 us |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tp in tps:
         inter = MOE_I // tp
@@ -369,7 +380,8 @@ def render_moe(tps, ts, off, on, base, hit, notes) -> str:
             tf = 6 * t * MOE_TOPK * MOE_H * inter / (tm * 1e-6) / 1e12 if tm else None
             lines.append(
                 f"| {tp} | {t} | {_moe_path(tp, t)} | {_fmt(n_hit)} | {_fmt(tm)} | {_fmt(on.get(f'moe/{key}'))} | "
-                f"{_fmt(gbs, 0)} | {_fmt(gbs / HBM_PEAK * 1e11 if gbs else None)} | {_fmt(tf, 2)} | {_fmt(mar)} | "
+                f"{_fmt(off.get(f'moe_routed/{key}'))} | {_fmt(gbs, 0)} | "
+                f"{_fmt(gbs / HBM_PEAK * 1e11 if gbs else None)} | {_fmt(tf, 2)} | {_fmt(mar)} | "
                 f"{_fmt(tm / mar if tm and mar else None, 2)} | {_fmt(base.get(f'sgl_fp8/{key}'))} |"
             )
     return "\n".join([*lines, "", *notes])
@@ -381,7 +393,10 @@ def main() -> None:
     ap.add_argument("--sections", default="gemm,moe", help="comma list of gemm, moe")
     ap.add_argument("--ms", default="1,8,16,64,4096")
     ap.add_argument("--moe-tp", default="1,2,4,8", help="MoE: TP splits of the intermediate size")
-    ap.add_argument("--moe-tokens", default="1,4,8,32,64,65,4096")
+    ap.add_argument("--moe-tokens", default="1,4,8,32,64,65,256,1024,4096")
+    ap.add_argument(
+        "--moe-routed-too", action="store_true", help="MoE: also time the routed path at T <= GEMV_MAX_TOKENS"
+    )
     ap.add_argument("--out", default=None, help="save the markdown tables here")
     ap.add_argument("--json-ours", default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
@@ -393,7 +408,7 @@ def main() -> None:
     if args.json_ours:
         res = measure_ours(ms) if "gemm" in sections else {}
         if "moe" in sections:
-            res.update(measure_moe_ours(tps, ts))
+            res.update(measure_moe_ours(tps, ts, args.moe_routed_too))
         with open(args.json_ours, "w") as f:
             json.dump(res, f)
         return
@@ -411,6 +426,7 @@ def main() -> None:
                 args.moe_tp,
                 "--moe-tokens",
                 args.moe_tokens,
+                *(["--moe-routed-too"] if args.moe_routed_too else []),
             ],
             disable_mma_v3=disable,
         )

@@ -84,7 +84,7 @@ def test_moe(monkeypatch, t, scale_dtype, ids_dtype, limit, routed):
     e, h, inter, k = 8, 256, 128, 6
     w13, w2, s13, s2 = make_experts(e, h, inter, scale_dtype)
     tw, ids = make_routing(t, e, k, ids_dtype)
-    x = (torch.randn(t, h) * 2).bfloat16()
+    x = (torch.randn(t, h, generator=torch.Generator().manual_seed(t)) * 2).bfloat16()
     force_routed(monkeypatch, routed)
     out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=limit)
     ref = fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=limit)
@@ -127,17 +127,37 @@ def test_moe_gemv_scale_and_activation_range(scale_dtype, inter):
     assert rel_err(out, fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids)) < 2e-2
 
 
+@pytest.mark.parametrize("t,block_m", [(5, 16), (20, 32), (40, 64), (65, 128)])
+def test_moe_routed_tiles_and_scale_range(monkeypatch, t, block_m):
+    """Routed path, every row-block size (picked by the mean rows per expert: 8 experts, top-6), UE8M0 scales
+    100..140 (GEMM1: > 128 takes the second multiply) and 0..30 (GEMM2: down to 2^-127, bf16 subnormal
+    weights); the same tiles and decode as on the GPU, fp32 dot."""
+    e, h, inter, k = 8, 256, 128, 6
+    assert moe._routed_tile(t * k, e)[0] == block_m
+    w13, w2, _, _ = make_experts(e, h, inter)
+    g = torch.Generator().manual_seed(t)
+    s13 = torch.randint(100, 141, (e, 2 * inter, h // 32), generator=g, dtype=torch.uint8)
+    s2 = torch.randint(0, 31, (e, h, inter // 32), generator=g, dtype=torch.uint8)
+    x = torch.randn(t, h, generator=g).bfloat16()
+    tw, ids = make_routing(t, e, k)
+    force_routed(monkeypatch)
+    out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids)
+    ref = fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids)
+    assert ref.abs().max() > 0 and rel_err(out, ref) < 1e-2
+
+
 def test_moe_padding_ids_imbalance_and_scaling(monkeypatch):
-    """Padded tokens (ids -1), out-of-range ids, empty experts, routed_scaling_factor, a reused workspace."""
+    """Padded tokens (ids -1), out-of-range ids, empty experts, routed_scaling_factor, a reused workspace (its
+    routing buffers sized for every routed row-block size: 16-row blocks at 5 tokens, 64-row at 70)."""
     e, h, inter, k = 8, 256, 128, 4
     w13, w2, s13, s2 = make_experts(e, h, inter)
     ws = moe_mxfp4_workspace(80, k, e, h, inter, "cpu")
-    for t, skew, routed in ((70, True, False), (5, False, False), (5, False, True)):
+    for t, skew, routed in ((70, True, False), (5, False, False), (5, False, True), (70, True, True)):
         force_routed(monkeypatch, routed)
         tw, ids = make_routing(t, e, k, skew=skew, seed=t)
         ids[-1] = -1
         ids[0, 1] = e
-        x = torch.randn(t, h).bfloat16()
+        x = torch.randn(t, h, generator=torch.Generator().manual_seed(t)).bfloat16()
         out = torch.full((t, h), float("nan"), dtype=torch.bfloat16)
         fused_moe_mxfp4(
             x,
@@ -234,7 +254,8 @@ def _check_gpu(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t", [1, 2, 3, 7, 16, 64, 65, 512, 4096])  # GEMV up to 64, routed above
+# GEMV up to 64 tokens, routed above: 16-row blocks to 512 tokens, 32 at 1024, 64 at 2048, 128 at 4096
+@pytest.mark.parametrize("t", [1, 2, 3, 7, 16, 64, 65, 512, 1024, 2048, 4096])
 @pytest.mark.parametrize("skew", [False, True], ids=["uniform", "skewed"])
 def test_gpu_moe_dsv4(dsv4_experts, t, skew):
     w13, w2, s13, s2 = dsv4_experts
@@ -242,6 +263,20 @@ def test_gpu_moe_dsv4(dsv4_experts, t, skew):
     x = torch.randn(t, DSV4_H, device="cuda").bfloat16()
     out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0)
     _check_gpu(out, fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids, swiglu_limit=10.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [65, 700])  # GEMV below, routed m16 / m32
+def test_gpu_moe_scale_range(t):
+    """UE8M0 scales 100..140 (> 128: the routed path's second multiply) and 0..30 (bf16-subnormal weights)."""
+    g = torch.Generator(device="cuda").manual_seed(t)
+    w13, w2, s13, s2 = make_experts(DSV4_E, DSV4_H, DSV4_I // 2, device="cuda")
+    s13 = torch.randint(100, 141, s13.shape, generator=g, device="cuda", dtype=torch.uint8)
+    s2 = torch.randint(0, 31, s2.shape, generator=g, device="cuda", dtype=torch.uint8)
+    tw, ids = make_routing(t, DSV4_E, DSV4_K, device="cuda")
+    x = torch.randn(t, DSV4_H, device="cuda", generator=g).bfloat16()
+    out = fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids)
+    _check_gpu(out, fused_moe_mxfp4_ref(x, w13, w2, s13, s2, tw, ids))
 
 
 @pytest.mark.gpu

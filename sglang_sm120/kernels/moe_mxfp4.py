@@ -14,13 +14,14 @@ Prefill (above that; 6 launches, graph-safe, no host sync; grids depend on shape
 
 1. ``count``: per (token, k) slot, ``rank = atomic_add(counts[expert], 1)`` (ids outside ``[0, E)``, e.g. SGLang's
    ``-1`` for padded tokens, are skipped);
-2. ``offsets`` (one program): experts' row ranges padded to ``BLOCK_M`` (16), the expert of each row block,
+2. ``offsets`` (one program): experts' row ranges padded to ``BLOCK_M`` (16..128 by the mean rows per expert,
+   :func:`_routed_tile`), the expert of each row block,
    padding sentinels; resets ``counts`` to zero for the next call;
 3. ``scatter``: ``sorted[offset[expert] + rank] = slot``;
 4. GEMM1 (grouped, one ``BLOCK_M`` block of one expert per program): ``x[slot // topk] @ [gate; up]^T`` with the
-   FP4 weights decoded in registers (exact bit arithmetic, the UE8M0 scale folded into the exponent) and a
-   bf16 ``tl.dot``; epilogue ``h = silu(min(g, L)) * clamp(u, -L, L)`` (``L = swiglu_limit``, SGLang's
-   ``swiglu_limit_func``) stored bf16;
+   FP4 weights decoded in registers (:func:`_e2m1_pairs`: exact bf16 bit patterns two per 32-bit op, the UE8M0
+   scale applied by one bf16x2 multiply per two values) and a bf16 ``tl.dot``; epilogue
+   ``h = silu(min(g, L)) * clamp(u, -L, L)`` (``L = swiglu_limit``, SGLang's ``swiglu_limit_func``) stored bf16;
 5. GEMM2: ``y[slot] = h[slot] @ w2^T`` (bf16);
 6. ``sum``: ``out[t] = scale * sum_k topk_weights[t, k] * y[t * topk + k]`` in fp32 (scale = ``routed_scaling_factor``
    or 1: a subclass of ``Mxfp4MarlinMoEMethod`` must pass None, SGLang scales afterwards).
@@ -45,19 +46,27 @@ _E8M0 = (torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
 _IDS = (torch.int32, torch.int64)
 MAX_EXPERTS = 512
 K_ALIGN = 128  # H and I must be multiples of this (the largest BLOCK_K)
-# GEMV up to this many tokens, the routed tl.dot pipeline above. H100, mma.sync build, TP 1: the GEMV costs
-# ~36 us per token (2.34 ms at 64 tokens); the routed path with 16-row blocks cost 3.23 ms at 64 tokens (194
-# experts hit, one block each) and grows with the number of row blocks, not tokens, so it wins from ~90 tokens.
+# GEMV up to this many tokens, the routed tl.dot pipeline above. H100, mma.sync build, TP 1 (session 4): the GEMV
+# costs ~36 us per token (2.34 ms at 64 tokens); the routed path (session-4 decode, 16-row blocks) cost 3.23 ms at
+# 64 tokens (194 experts hit, one block each). Its K loop now issues ~2.8x fewer instructions: re-tune on a GPU.
 GEMV_MAX_TOKENS = 64
 _SLOT_BLOCK = 256  # count / scatter kernels: slots per program
 _OFF_CHUNK = 32  # offsets kernel: row blocks per step
 _SUM_BLOCK = 1024
-# routed path: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). 16-row blocks: with E = 256 most experts get
-# fewer than 64 rows per chunk, and on the H100 a 64-row block (64x64x64, 8 warps) cost ~6x a 16-row one (19.5 ms
-# at 65 tokens vs 3.2 ms at 64 tokens, same experts hit), so 16-row blocks stay cheaper up to thousands of tokens.
-_GATED_TILE = (16, 64, 128, 4, 4)
-_DOWN_TILE = (16, 64, 128, 4, 4)
-_BLOCK_M = _GATED_TILE[0]
+# Routed path tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), one per row-block size, the same for
+# GEMM1 and GEMM2. Decoding the FP4 weights costs the same per block whatever BLOCK_M, so an expert with r rows
+# costs ~cdiv(r, BLOCK_M) decodes of its weights: :func:`_routed_tile` takes the smallest block that holds the
+# mean rows per expert with room (<= 3/4 full). sm_120a static counts (SASS of the K loop, all16): warp
+# instructions per 1K MACs of GEMM1 9.6 / 5.6 / 3.2 / 2.4 (session-4 16-row kernel: 26.9), <= 32 KB smem, and
+# 0 spills in every AOT build (the 32-row tile with BLOCK_K 64 spilled in some). Not yet timed on a GPU.
+_ROUTED_TILES = ((16, 64, 128, 4, 2), (32, 64, 128, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2))
+_BLOCK_MS = tuple(t[0] for t in _ROUTED_TILES)
+
+
+def _routed_tile(slots: int, num_experts: int) -> tuple[int, int, int, int, int]:
+    """The routed tile for ``slots`` (token, expert) pairs over ``num_experts`` experts (host ints only)."""
+    mean = slots / max(num_experts, 1)
+    return next((t for t in _ROUTED_TILES if 4 * mean <= 3 * t[0]), _ROUTED_TILES[-1])
 
 
 class _GemvTile(NamedTuple):
@@ -105,37 +114,125 @@ def _gemv_plan(tokens: int, topk: int, hidden: int, inter: int, sms: int) -> _Ge
 
 
 @triton.jit
-def _e2m1_times_scale(q, s, HIGH: tl.constexpr):
-    """Packed bytes ``q`` and UE8M0 exponents ``s`` (both int32) -> fp32 ``E2M1(nibble) * 2^(s - 127)``, exact:
-    the value's fp32 bits are built directly (code c = e1e0m: c >= 2 -> exponent field c//2 + s - 1, mantissa
-    bit c & 1, i.e. ``(c + 2s - 2) << 22``; c == 1 (0.5) -> ``(2s - 2) << 22``; c == 0 -> 0). Needs 1 <= s <= 252."""
+def _e2m1_bf16_bits(q, HIGH: tl.constexpr):
+    """Packed bytes ``q`` (int32) -> the bf16 bit pattern (int32, low 16 bits) of ``E2M1(nibble) * 2^-126``: the
+    nibble's sign to bit 15 and its 3-bit code e1e0m to bits 6..8 (exponent field e1e0, mantissa bit m). Exact:
+    code 1 (0.5) lands on the bf16 subnormal 2^-127, code 0 on +-0. The interpreter's reference of
+    :func:`_e2m1_pairs`."""
     n = (q >> 4) & 0xF if HIGH else q & 0xF
-    code = n & 7
-    mag = code + 2 * s - 2 - (code == 1).to(tl.int32)
-    bits = tl.where(code == 0, 0, mag << 22) | ((n & 8) << 28)
-    return bits.to(tl.float32, bitcast=True)
+    return ((n & 7) << 6) | ((n & 8) << 12)
 
 
 @triton.jit
-def _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, S_FP32: tl.constexpr, UPCAST: tl.constexpr):
+def _pow2_f32(e):
+    """fp32 ``2^e`` for int32 ``-126 <= e <= 127``."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e2m1_pairs(q, mult):
+    """uint8 ``q`` (two E2M1, low nibble = even k) and bf16 ``mult`` -> bf16 ``(even, odd)`` = the nibbles'
+    ``E2M1 * 2^-126`` (:func:`_e2m1_bf16_bits`) times ``mult``: two bytes are spread to the halves of a 32-bit
+    word (PRMT), so each shift / mask decodes two values and one ``mul.rn.bf16x2`` rescales two (exact for a
+    power-of-two ``mult`` while the product stays a normal bf16)."""
+    return tl.inline_asm_elementwise(
+        """
+        {
+        .reg .b32 t<2>, c<2>, g<2>;
+        prmt.b32 t0, $4, 0, 0x4140;
+        prmt.b32 t1, $4, 0, 0x4342;
+        shl.b32 c0, t0, 6;
+        shl.b32 g0, t0, 12;
+        and.b32 c0, c0, 0x01C001C0;
+        and.b32 g0, g0, 0x80008000;
+        or.b32 c0, c0, g0;
+        mul.rn.bf16x2 $0, c0, $5;
+        shl.b32 c1, t1, 6;
+        shl.b32 g1, t1, 12;
+        and.b32 c1, c1, 0x01C001C0;
+        and.b32 g1, g1, 0x80008000;
+        or.b32 c1, c1, g1;
+        mul.rn.bf16x2 $1, c1, $6;
+        shl.b32 c0, t0, 2;
+        shl.b32 g0, t0, 8;
+        and.b32 c0, c0, 0x01C001C0;
+        and.b32 g0, g0, 0x80008000;
+        or.b32 c0, c0, g0;
+        mul.rn.bf16x2 $2, c0, $5;
+        shl.b32 c1, t1, 2;
+        shl.b32 g1, t1, 8;
+        and.b32 c1, c1, 0x01C001C0;
+        and.b32 g1, g1, 0x80008000;
+        or.b32 c1, c1, g1;
+        mul.rn.bf16x2 $3, c1, $6;
+        }
+        """,
+        "=r,=r,=r,=r,r,r,r",
+        [q, mult],
+        dtype=(tl.bfloat16, tl.bfloat16),
+        is_pure=True,
+        pack=4,
+    )
+
+
+@triton.jit
+def _scales_big(s_ptrs, K, BLOCK_K: tl.constexpr, S_FP32: tl.constexpr):
+    """Whether any scale in ``s_ptrs`` ``[BLOCK_K/32, BLOCK_N]`` + k blocks up to K exceeds 128 (|W| > 12): one
+    pass over the scales (1/16 of the weight bytes) so the main loop branches on a uniform scalar."""
+    s_max = tl.zeros(s_ptrs.shape, dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        s = tl.load(s_ptrs + k0 // 32)
+        if S_FP32:
+            s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        s_max = tl.maximum(s_max, s.to(tl.int32))
+    return tl.max(tl.max(s_max, 1), 0) > 128
+
+
+@triton.jit
+def _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, big, S_FP32: tl.constexpr, UPCAST: tl.constexpr):
     """``acc += a_ev @ W[even k] + a_od @ W[odd k]``; ``w_ptrs`` ``[BLOCK_K/2, BLOCK_N]`` packed bytes,
-    ``s_ptrs`` ``[BLOCK_K/32, BLOCK_N]`` per-32 scales (broadcast over their 16 bytes in registers)."""
+    ``s_ptrs`` ``[BLOCK_K/32, BLOCK_N]`` per-32 UE8M0 scales ``s`` (broadcast over their 16 bytes in registers).
+
+    W = ``E2M1 * 2^-126`` (exact bf16 bit patterns) times ``2^(s - 1)``. That multiplier is a bf16 for s <= 128
+    (|W| <= 12); ``big`` (some scale of the program's weights is larger, see :func:`_scales_big`) adds a second
+    multiply by ``2^(max(s, 128) - 128)``."""
     KH: tl.constexpr = w_ptrs.shape[0]
     BN: tl.constexpr = w_ptrs.shape[1]
-    q = tl.reshape(tl.load(w_ptrs).to(tl.int32), (KH // 16, 16, BN))
+    q = tl.load(w_ptrs)
     s = tl.load(s_ptrs)
     if S_FP32:  # an exact power of two: its exponent field is the UE8M0 byte
         s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
     else:
         s = s.to(tl.int32)
-    s = tl.expand_dims(s, 1)
-    lo = tl.reshape(_e2m1_times_scale(q, s, False), (KH, BN))
-    hi = tl.reshape(_e2m1_times_scale(q, s, True), (KH, BN))
-    if not UPCAST:  # the values have <= 2 significant bits: the bf16 cast is exact
-        lo = lo.to(tl.bfloat16)
-        hi = hi.to(tl.bfloat16)
+    # multipliers 2^(min(s, 128) - 1) and 2^(max(s, 128) - 128), per 16 bytes
+    e1 = tl.reshape(tl.broadcast_to(tl.expand_dims(tl.minimum(s, 128) - 1, 1), (KH // 16, 16, BN)), (KH, BN))
+    e2 = tl.reshape(tl.broadcast_to(tl.expand_dims(tl.maximum(s, 128) - 128, 1), (KH // 16, 16, BN)), (KH, BN))
+    if UPCAST:  # interpreter: no inline PTX, its bf16 dot is wrong and its bf16 casts lose subnormals: the same
+        qi = q.to(tl.int32)  # bf16 patterns as fp32 (bits << 16), the same multipliers in fp32
+        lo = (_e2m1_bf16_bits(qi, False) << 16).to(tl.float32, bitcast=True) * _pow2_f32(e1)
+        hi = (_e2m1_bf16_bits(qi, True) << 16).to(tl.float32, bitcast=True) * _pow2_f32(e1)
+        if big:
+            lo = lo * _pow2_f32(e2)
+            hi = hi * _pow2_f32(e2)
+    else:
+        lo, hi = _e2m1_pairs(q, ((e1 + 127) << 7).to(tl.int16).to(tl.bfloat16, bitcast=True))
+        if big:
+            m2 = ((e2 + 127) << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)
+            lo = lo * m2
+            hi = hi * m2
     acc = tl.dot(a_ev, lo, acc)
     return tl.dot(a_od, hi, acc)
+
+
+@triton.jit
+def _to_bf16(x, UPCAST: tl.constexpr):
+    """fp32 -> bf16, round to nearest even: the GPU's cast; under the interpreter (whose cast truncates and whose
+    "rtne" drops the carry into the exponent) on the bits."""
+    if UPCAST:
+        b = x.to(tl.int32, bitcast=True)
+        return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(tl.bfloat16)
 
 
 @triton.jit
@@ -198,6 +295,9 @@ def _moe_gemm_kernel(
     w_ptrs = tl.multiple_of(w_ptrs, [16, 16])
     kg = tl.arange(0, BLOCK_K // 32)
     s_ptrs = s_ptr + expert * stride_se + (w_rows[None, :] * stride_sn + kg[:, None])
+    big = _scales_big(s_ptrs, K, BLOCK_K, S_FP32)
+    if GATED:
+        big |= _scales_big(s_ptrs + N * stride_sn, K, BLOCK_K, S_FP32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(0, K, BLOCK_K):
@@ -206,9 +306,9 @@ def _moe_gemm_kernel(
         if UPCAST:  # the interpreter's bf16 dot is wrong
             a_ev = a_ev.to(tl.float32)
             a_od = a_od.to(tl.float32)
-        acc = _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, S_FP32, UPCAST)
+        acc = _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, big, S_FP32, UPCAST)
         if GATED:
-            acc_u = _fp4_dot(acc_u, a_ev, a_od, w_ptrs + N * stride_wn, s_ptrs + N * stride_sn, S_FP32, UPCAST)
+            acc_u = _fp4_dot(acc_u, a_ev, a_od, w_ptrs + N * stride_wn, s_ptrs + N * stride_sn, big, S_FP32, UPCAST)
         a_ptrs += BLOCK_K
         w_ptrs += KH
         s_ptrs += BLOCK_K // 32
@@ -216,7 +316,7 @@ def _moe_gemm_kernel(
     c_ptrs = c_ptr + tl.where(m_ok, slots, 0).to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
     if GATED:
         acc = _swiglu(acc, acc_u, limit)
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(c_ptrs, _to_bf16(acc, UPCAST), mask=m_ok[:, None] & n_ok[None, :])
 
 
 _ACT_SCALE = tl.constexpr(2.0**64)  # activations are pre-multiplied by this, the scales by 2^(126 - 64): see _fp4_gemv
@@ -519,12 +619,12 @@ def _gemm_config(tile: tuple[int, int, int, int, int], gated: bool, s_fp32: bool
 
 
 for _s, _sf in (("*fp32", True), ("*u8", False)):
-    for _name, _gated, _tile in (("gemm1", True, _GATED_TILE), ("gemm2", False, _DOWN_TILE)):
+    for _name, _gated in (("gemm1", True), ("gemm2", False)):
         register_aot(
             f"moe_mxfp4.{_name}[s={_s[1:]}]",
             _moe_gemm_kernel,
             signature=_gemm_signature(_s),
-            configs=[_gemm_config(_tile, _gated, _sf)],
+            configs=[_gemm_config(_tile, _gated, _sf) for _tile in _ROUTED_TILES],
         )
 
 
@@ -648,15 +748,18 @@ register_aot(
         "num_slots": _INT,
         "max_blocks": _INT,
     },
-    configs=[AotConfig({"BLOCK_M": _BLOCK_M, "E_MAX": MAX_EXPERTS, "CHUNK": _OFF_CHUNK}, num_warps=4, num_stages=1)],
+    configs=[
+        AotConfig({"BLOCK_M": bm, "E_MAX": MAX_EXPERTS, "CHUNK": _OFF_CHUNK}, num_warps=4, num_stages=1)
+        for bm in _BLOCK_MS
+    ],
 )
 
 # ------------------------------------------------------------------ host side -----------------------------------
 
 
-def _max_blocks(num_slots: int, num_experts: int) -> int:
+def _max_blocks(num_slots: int, num_experts: int, block_m: int) -> int:
     """Upper bound on routed row blocks: each non-empty expert pads to a block multiple and owns >= 1 slot."""
-    return min(num_slots, triton.cdiv(num_slots, _BLOCK_M) + min(num_experts, num_slots))
+    return min(num_slots, triton.cdiv(num_slots, block_m) + min(num_experts, num_slots))
 
 
 class MoeWorkspace(NamedTuple):
@@ -666,7 +769,7 @@ class MoeWorkspace(NamedTuple):
     counts: torch.Tensor  # [E] int32
     offsets: torch.Tensor  # [E] int32
     rank: torch.Tensor  # [T*topk] int32
-    sorted_ids: torch.Tensor  # [max_blocks * BLOCK_M] int32
+    sorted_ids: torch.Tensor  # [max over the routed tiles of max_blocks * BLOCK_M] int32
     block_expert: torch.Tensor  # [max_blocks] int32
     total: torch.Tensor  # [1] int32
     inter: torch.Tensor  # [T*topk, I] bf16 (SwiGLU output)
@@ -679,13 +782,14 @@ def moe_mxfp4_workspace(
 ) -> MoeWorkspace:
     """Allocate (zeroed where needed) scratch for :func:`fused_moe_mxfp4` calls with ``<= max_tokens`` tokens."""
     slots = max_tokens * topk
-    blocks = _max_blocks(slots, num_experts)
+    blocks = max(_max_blocks(slots, num_experts, bm) for bm in _BLOCK_MS)
+    rows = max(_max_blocks(slots, num_experts, bm) * bm for bm in _BLOCK_MS)
 
     def i32(n: int) -> torch.Tensor:
         return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
 
     return MoeWorkspace(
-        counts=i32(num_experts), offsets=i32(num_experts), rank=i32(slots), sorted_ids=i32(blocks * _BLOCK_M),
+        counts=i32(num_experts), offsets=i32(num_experts), rank=i32(slots), sorted_ids=i32(rows),
         block_expert=i32(blocks), total=i32(1),
         inter=torch.empty(slots, inter, dtype=torch.bfloat16, device=device),
         y=torch.empty(slots, hidden, dtype=torch.bfloat16, device=device), max_tokens=max_tokens,
@@ -852,13 +956,15 @@ def _routed(
     w13, s13, s13_fp32, w2, s2, s2_fp32 = ex
     e, inter, topk = w13.shape[0], w13.shape[1] // 2, ids.shape[1]
     slots = t * topk
-    max_blocks = _max_blocks(slots, e)
+    tile = _routed_tile(slots, e)
+    bm, bn, bk, nw, ns = tile
+    max_blocks = _max_blocks(slots, e, bm)
     grid = (triton.cdiv(slots, _SLOT_BLOCK),)
     c = _moe_count_kernel[grid](ids, ws.counts, ws.rank, slots, e, BLOCK=_SLOT_BLOCK, num_warps=4)
     guard_compiled("moe_mxfp4.count", c)
     c = _moe_offsets_kernel[(1,)](
         ws.counts, ws.offsets, ws.block_expert, ws.sorted_ids, ws.total, e, slots, max_blocks,
-        BLOCK_M=_BLOCK_M, E_MAX=MAX_EXPERTS, CHUNK=_OFF_CHUNK, num_warps=4,
+        BLOCK_M=bm, E_MAX=MAX_EXPERTS, CHUNK=_OFF_CHUNK, num_warps=4,
     )  # fmt: skip
     guard_compiled("moe_mxfp4.offsets", c)
     c = _moe_scatter_kernel[grid](ids, ws.rank, ws.offsets, ws.sorted_ids, slots, e, BLOCK=_SLOT_BLOCK, num_warps=4)
@@ -866,11 +972,10 @@ def _routed(
 
     route = (ws.sorted_ids, ws.block_expert, ws.total)
     h_out, y = ws.inter[:slots], ws.y[:slots]
-    for name, a, w, s, s_fp32, c_out, n, k, a_div, gated, tile in (
-        ("gemm1", x, w13, s13, s13_fp32, h_out, inter, h, topk, True, _GATED_TILE),
-        ("gemm2", h_out, w2, s2, s2_fp32, y, h, inter, 1, False, _DOWN_TILE),
+    for name, a, w, s, s_fp32, c_out, n, k, a_div, gated in (
+        ("gemm1", x, w13, s13, s13_fp32, h_out, inter, h, topk, True),
+        ("gemm2", h_out, w2, s2, s2_fp32, y, h, inter, 1, False),
     ):
-        bm, bn, bk, nw, ns = tile
         c = _moe_gemm_kernel[(triton.cdiv(n, bn), max_blocks)](
             a, w, s, c_out, *route, n, k, slots, a_div, a.stride(0), w.stride(0), w.stride(1), s.stride(0),
             s.stride(1), c_out.stride(0), limit,
