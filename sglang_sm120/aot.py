@@ -84,25 +84,29 @@ VARIANTS = ("all16", "ptr16", "noalign")
 _INT_TYPES = ("i32", "i64", "u32", "u64")
 
 
-def check_config(kernel: AotKernel, config: AotConfig, arch: int, variant: str = "all16") -> AotResult:
-    """Compile one config for ``sm_{arch}a`` and collect every problem."""
+def compile_config(kernel: AotKernel, config: AotConfig, arch: int, variant: str = "all16"):
+    """``triton.compile`` one config for ``sm_{arch}a`` in one specialisation (see the module docstring); returns
+    Triton's compiled kernel (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata``)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    result = AotResult(kernel.name, config.label(), f"sm_{arch}a", variant)
     signature = kernel.full_signature(config)
     marked = {"all16": ("*", *_INT_TYPES), "ptr16": ("*",), "noalign": ()}[variant]
     # the runtime's "D" specialisation: tt.divisibility 16 on aligned pointers / round integers
     attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t.startswith(marked)}
+    src = triton.compiler.ASTSource(fn=kernel.fn, signature=signature, constexprs=dict(config.constexprs), attrs=attrs)
+    return triton.compile(
+        src,
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+    )
+
+
+def check_config(kernel: AotKernel, config: AotConfig, arch: int, variant: str = "all16") -> AotResult:
+    """Compile one config for ``sm_{arch}a`` and collect every problem."""
+    result = AotResult(kernel.name, config.label(), f"sm_{arch}a", variant)
     try:
-        src = triton.compiler.ASTSource(
-            fn=kernel.fn, signature=signature, constexprs=dict(config.constexprs), attrs=attrs
-        )
-        compiled = triton.compile(
-            src,
-            target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": config.num_warps, "num_stages": config.num_stages},
-        )
+        compiled = compile_config(kernel, config, arch, variant)
     except Exception as exc:  # a config that does not compile is a failure too
         result.problems.append(f"compile error: {type(exc).__name__}: {exc}".splitlines()[0])
         return result

@@ -67,3 +67,40 @@ def test_every_registered_kernel_config_passes_aot():
     tail = "\n".join(proc.stdout.splitlines()[-40:])
     assert proc.returncode == 0, tail + proc.stderr[-3000:]
     assert " 0 failed" in proc.stdout.splitlines()[-1]
+
+
+def test_sass_stats_reports_the_mma_loop():
+    """scripts/sass_stats.py on the fixture GEMM: its K loop holds the tile's mma.sync ops (64x64x64 tile,
+    4 warps: 4 x 8 x 4 m16n8k16 / 4 = 32 per warp per step), and --set overrides a constexpr (BK 32: 16)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
+    code = (
+        "import sys, runpy, aot_fixture_kernels; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    script = str(ROOT / "scripts" / "sass_stats.py")
+    out = []
+    for extra in ([], ["--set", "BK=32"]):
+        proc = subprocess.run([sys.executable, "-c", code, script, "fixture.tile_gemm", "--config", "0", *extra],
+                              capture_output=True, text=True, env=env, timeout=600, cwd=str(ROOT))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out.append(proc.stdout)
+    assert "BK=64" in out[0] and "spill 0 B" in out[0] and " 32 MMA " in out[0], out[0]
+    assert "BK=32" in out[1] and " 16 MMA " in out[1], out[1]
+
+
+def test_sass_loop_stats_takes_the_longest_backward_branch():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from sass_stats import loop_stats
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    sass = "\n".join(
+        f"        /*{a:04x}*/                   {op} ;"
+        for a, op in [(0x10, "MOV R1, R2"), (0x20, "HMMA.16816.F32.BF16 R4, R8, R12, R4"), (0x30, "IADD3 R1, R1, 1"),
+                      (0x40, "@P0 BRA 0x20"), (0x50, "LOP3.LUT R3, R3, 0x1, RZ, 0xc0"), (0x60, "@!P1 BRA 0x50"),
+                      (0x70, "EXIT")]
+    )
+    n, ops = loop_stats(sass)
+    assert n == 3 and ops["HMMA"] == 1 and ops["BRA"] == 1 and "MOV" not in ops
+    assert loop_stats("        /*0010*/                   EXIT ;") == (0, {})

@@ -56,9 +56,9 @@ _SUM_BLOCK = 1024
 # Routed path tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), one per row-block size, the same for
 # GEMM1 and GEMM2. Decoding the FP4 weights costs the same per block whatever BLOCK_M, so an expert with r rows
 # costs ~cdiv(r, BLOCK_M) decodes of its weights: :func:`_routed_tile` takes the smallest block that holds the
-# mean rows per expert with room (<= 3/4 full). sm_120a static counts (SASS of the K loop, all16): warp
-# instructions per 1K MACs of GEMM1 9.6 / 5.6 / 3.2 / 2.4 (session-4 16-row kernel: 26.9), <= 32 KB smem, and
-# 0 spills in every AOT build (the 32-row tile with BLOCK_K 64 spilled in some). Not yet timed on a GPU.
+# mean rows per expert with room (<= 3/4 full). ``scripts/sass_stats.py moe_mxfp4.gemm1`` (sm_120a): K-loop
+# instructions per mma.sync 19.6 / 11.5 / 6.6 / 5.0 for these tiles (session-4 16-row kernel: 55.1), <= 32 KB
+# smem, 0 spills in every AOT build (a 32-row tile with BLOCK_K 64 spilled in some). Not yet timed on a GPU.
 _ROUTED_TILES = ((16, 64, 128, 4, 2), (32, 64, 128, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2))
 _BLOCK_MS = tuple(t[0] for t in _ROUTED_TILES)
 
