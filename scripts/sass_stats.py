@@ -6,9 +6,9 @@ KERNEL is a registered AOT name (``python -m sglang_sm120.aot`` lists them; a un
 config is compiled as the AOT check does (:func:`sglang_sm120.aot.compile_config`), its cubin disassembled with
 the ``cuobjdump`` of Triton's own ``bin/``, and one line printed: shared memory, registers and spills
 (``ptxas -v``), then the main loop, taken as the span of the longest backward branch: its instruction count
-per warp, its tensor-core instructions (HMMA / QMMA / OMMA) and the commonest opcodes. Without a GPU this is the
-proxy for an issue-bound loop (instructions per tensor-core op); it is no timing. ``--set`` overrides constexprs,
-``num_warps`` or ``num_stages`` of every selected config to try candidates, e.g.
+per warp, its tensor-core instructions (HMMA / QMMA / OMMA; HGMMA for ``--arch 90``) and the commonest
+opcodes. Without a GPU this is the proxy for an issue-bound loop (instructions per tensor-core op); it is no
+timing. ``--set`` overrides constexprs, ``num_warps`` or ``num_stages`` of every selected config, e.g.
 ``--set BLOCK_M=64 --set BLOCK_K=64 --set num_stages=2``.
 """
 
@@ -25,7 +25,7 @@ from collections import Counter
 
 _INSTR = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.M)
 _BRANCH = re.compile(r"\bBRA(?:\.\w+)*\s+(?:!?U?P\w+,\s*)?(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)")
-_MMA = ("HMMA", "QMMA", "OMMA", "IMMA")
+_MMA = ("HMMA", "HGMMA", "QMMA", "OMMA", "IMMA")  # HGMMA: wgmma, when run for --arch 90
 
 
 def loop_stats(sass: str) -> tuple[int, Counter]:
