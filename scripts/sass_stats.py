@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from triton.backends.nvidia.compiler import get_ptxas
 
-    from sglang_sm120.aot import _REGS_RE, _SPILL_RE, compile_config, ptxas_report
+    from sglang_sm120.aot import compile_config, ptxas_report, ptxas_usage
     from sglang_sm120.kernels.registry import registered
 
     kernels = {k.name: k for k in registered()}
@@ -82,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg, constexprs={**cfg.constexprs, **{k: _parse_value(v) for k, v in overrides.items()}}, **launch
         )
         compiled = compile_config(kernel, cfg, args.arch, args.variant)
-        report = ptxas_report(compiled.asm["ptx"], args.arch)
-        regs = max((int(r) for r in _REGS_RE.findall(report)), default=0)
-        spill = sum(int(a) + int(b) for a, b in _SPILL_RE.findall(report))
+        regs, spill_stores, spill_loads = ptxas_usage(ptxas_report(compiled.asm["ptx"], args.arch))
+        spill = spill_stores + spill_loads
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()

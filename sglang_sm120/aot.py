@@ -75,6 +75,13 @@ def ptxas_report(ptx: str, arch: int) -> str:
     return proc.stderr
 
 
+def ptxas_usage(report: str) -> tuple[int, int, int]:
+    """(registers, spill-store bytes, spill-load bytes) from a ``ptxas -v`` report (max / sums over its kernels)."""
+    regs = max((int(r) for r in _REGS_RE.findall(report)), default=0)
+    spills = _SPILL_RE.findall(report)
+    return regs, sum(int(st) for st, _ in spills), sum(int(ld) for _, ld in spills)
+
+
 def forbidden_instructions(ptx: str) -> list[str]:
     """Instruction families SM12x lacks that appear in ``ptx``."""
     return [name for name in FORBIDDEN_PTX if re.search(rf"\b{name}\b", ptx)]
@@ -116,12 +123,7 @@ def check_config(kernel: AotKernel, config: AotConfig, arch: int, variant: str =
         result.problems.append(f"shared memory {result.shared} B > {SM12X_SMEM_PER_BLOCK} B")
     for name in forbidden_instructions(ptx):
         result.problems.append(f"PTX contains {name}")
-    report = ptxas_report(ptx, arch)
-    regs = _REGS_RE.findall(report)
-    result.registers = max((int(r) for r in regs), default=0)
-    for stores, loads in _SPILL_RE.findall(report):
-        result.spill_stores += int(stores)
-        result.spill_loads += int(loads)
+    result.registers, result.spill_stores, result.spill_loads = ptxas_usage(ptxas_report(ptx, arch))
     if result.spill_stores or result.spill_loads:
         result.problems.append(
             f"register spills: {result.spill_stores} B stores, {result.spill_loads} B loads"

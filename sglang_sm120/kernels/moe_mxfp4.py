@@ -130,49 +130,46 @@ def _pow2_f32(e):
 
 
 @triton.jit
+def _pow2_bf16(e):
+    """bf16 ``2^e`` for int32 ``-126 <= e <= 127``."""
+    return ((e + 127) << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)
+
+
+def _e2m1_pairs_asm() -> str:
+    """PTX of :func:`_e2m1_pairs`: ``$4`` = 4 packed bytes, ``$5`` / ``$6`` = the multipliers of bytes 0-1 / 2-3;
+    ``$0`` / ``$1`` = the low nibbles of bytes 0-1 / 2-3, ``$2`` / ``$3`` the high ones. A nibble at bit ``b`` of a
+    spread word reaches the bf16 code field (bits 6..8) by ``<< (6 - b)`` and its sign bit (15) by ``<< (12 - b)``."""
+    lines = ["{", ".reg .b32 t<2>, c, g;", "prmt.b32 t0, $4, 0, 0x4140;", "prmt.b32 t1, $4, 0, 0x4342;"]
+    for out, (nibble, word) in enumerate((n, w) for n in (0, 4) for w in (0, 1)):
+        lines += [
+            f"shl.b32 c, t{word}, {6 - nibble};",
+            f"shl.b32 g, t{word}, {12 - nibble};",
+            "and.b32 c, c, 0x01C001C0;",
+            "and.b32 g, g, 0x80008000;",
+            "or.b32 c, c, g;",
+            f"mul.rn.bf16x2 ${out}, c, ${5 + word};",
+        ]
+    return "\n".join([*lines, "}"])
+
+
+_E2M1_PAIRS_ASM = tl.constexpr(_e2m1_pairs_asm())
+
+
+@triton.jit
 def _e2m1_pairs(q, mult):
     """uint8 ``q`` (two E2M1, low nibble = even k) and bf16 ``mult`` -> bf16 ``(even, odd)`` = the nibbles'
     ``E2M1 * 2^-126`` (:func:`_e2m1_bf16_bits`) times ``mult``: two bytes are spread to the halves of a 32-bit
     word (PRMT), so each shift / mask decodes two values and one ``mul.rn.bf16x2`` rescales two (exact for a
     power-of-two ``mult`` while the product stays a normal bf16)."""
     return tl.inline_asm_elementwise(
-        """
-        {
-        .reg .b32 t<2>, c<2>, g<2>;
-        prmt.b32 t0, $4, 0, 0x4140;
-        prmt.b32 t1, $4, 0, 0x4342;
-        shl.b32 c0, t0, 6;
-        shl.b32 g0, t0, 12;
-        and.b32 c0, c0, 0x01C001C0;
-        and.b32 g0, g0, 0x80008000;
-        or.b32 c0, c0, g0;
-        mul.rn.bf16x2 $0, c0, $5;
-        shl.b32 c1, t1, 6;
-        shl.b32 g1, t1, 12;
-        and.b32 c1, c1, 0x01C001C0;
-        and.b32 g1, g1, 0x80008000;
-        or.b32 c1, c1, g1;
-        mul.rn.bf16x2 $1, c1, $6;
-        shl.b32 c0, t0, 2;
-        shl.b32 g0, t0, 8;
-        and.b32 c0, c0, 0x01C001C0;
-        and.b32 g0, g0, 0x80008000;
-        or.b32 c0, c0, g0;
-        mul.rn.bf16x2 $2, c0, $5;
-        shl.b32 c1, t1, 2;
-        shl.b32 g1, t1, 8;
-        and.b32 c1, c1, 0x01C001C0;
-        and.b32 g1, g1, 0x80008000;
-        or.b32 c1, c1, g1;
-        mul.rn.bf16x2 $3, c1, $6;
-        }
-        """,
-        "=r,=r,=r,=r,r,r,r",
-        [q, mult],
-        dtype=(tl.bfloat16, tl.bfloat16),
-        is_pure=True,
-        pack=4,
+        _E2M1_PAIRS_ASM, "=r,=r,=r,=r,r,r,r", [q, mult], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4
     )
+
+
+@triton.jit
+def _per_16_bytes(x, KH: tl.constexpr, BN: tl.constexpr):
+    """``[KH / 16, BN]`` per-32-value quantities -> ``[KH, BN]``, one per packed byte."""
+    return tl.reshape(tl.broadcast_to(tl.expand_dims(x, 1), (KH // 16, 16, BN)), (KH, BN))
 
 
 @triton.jit
@@ -204,22 +201,19 @@ def _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, big, S_FP32: tl.constexpr, UPCAST:
         s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
     else:
         s = s.to(tl.int32)
-    # multipliers 2^(min(s, 128) - 1) and 2^(max(s, 128) - 128), per 16 bytes
-    e1 = tl.reshape(tl.broadcast_to(tl.expand_dims(tl.minimum(s, 128) - 1, 1), (KH // 16, 16, BN)), (KH, BN))
-    e2 = tl.reshape(tl.broadcast_to(tl.expand_dims(tl.maximum(s, 128) - 128, 1), (KH // 16, 16, BN)), (KH, BN))
+    e1 = _per_16_bytes(tl.minimum(s, 128) - 1, KH, BN)
     if UPCAST:  # interpreter: no inline PTX, its bf16 dot is wrong and its bf16 casts lose subnormals: the same
         qi = q.to(tl.int32)  # bf16 patterns as fp32 (bits << 16), the same multipliers in fp32
-        lo = (_e2m1_bf16_bits(qi, False) << 16).to(tl.float32, bitcast=True) * _pow2_f32(e1)
-        hi = (_e2m1_bf16_bits(qi, True) << 16).to(tl.float32, bitcast=True) * _pow2_f32(e1)
-        if big:
-            lo = lo * _pow2_f32(e2)
-            hi = hi * _pow2_f32(e2)
+        m1 = _pow2_f32(e1)
+        lo = (_e2m1_bf16_bits(qi, False) << 16).to(tl.float32, bitcast=True) * m1
+        hi = (_e2m1_bf16_bits(qi, True) << 16).to(tl.float32, bitcast=True) * m1
     else:
-        lo, hi = _e2m1_pairs(q, ((e1 + 127) << 7).to(tl.int16).to(tl.bfloat16, bitcast=True))
-        if big:
-            m2 = ((e2 + 127) << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)
-            lo = lo * m2
-            hi = hi * m2
+        lo, hi = _e2m1_pairs(q, _pow2_bf16(e1))
+    if big:
+        e2 = _per_16_bytes(tl.maximum(s, 128) - 128, KH, BN)
+        m2 = _pow2_f32(e2) if UPCAST else _pow2_bf16(e2)
+        lo = lo * m2
+        hi = hi * m2
     acc = tl.dot(a_ev, lo, acc)
     return tl.dot(a_od, hi, acc)
 
