@@ -1,7 +1,7 @@
 """End-to-end DeepSeek-V4 step times through real SGLang: native SM90 path vs the emulated plugin path.
 
     python scripts/bench_e2e.py [--batch-sizes 1 8 32] [--input-len 256] [--decode-steps 16] [--repeats 3]
-                                [--check] [--out bench_e2e.md] [--workdir DIR]
+                                [--check] [--profile-top N] [--out bench_e2e.md] [--workdir DIR [--reuse]]
 
 The tiny real-dimension model of ``sglang-sm120 smoke`` (4 layers: SWA, C4, C128, C4; 256 MXFP4 experts;
 seeded dummy weights) runs in one child process per path, each building a ``ModelRunner`` as
@@ -116,6 +116,14 @@ def markdown(results: dict[str, dict[str, Any] | None], errors: dict[str, str], 
         lines += ["", f"### {title}", ""] + ["| " + " | ".join(r) + " |" for r in rows]
     no_graph = [f"{name} bs {bs}" for name, res in results.items() if res is not None
                 for bs in args.batch_sizes if not res["bench"][bs]["graph"]]
+    for name, res in results.items():
+        prof = res.get("prefill_profile") if res is not None else None
+        if prof:
+            lines += ["", f"### Prefill kernels, `{name}` (bs {prof['bs']}, one profiled prefill, "
+                      f"{prof['total_us'] / 1e3:.2f} ms of GPU kernel time)", "",
+                      "| kernel | calls | us | % |", "|---|---|---|---|"]
+            lines += [f"| `{k[:90]}` | {n} | {us:.0f} | {100 * us / prof['total_us']:.1f} |"
+                      for k, n, us in prof["kernels"]]
     if no_graph:
         lines += ["", "Decode did NOT replay a CUDA graph for: " + ", ".join(no_graph)]
     return "\n".join([*lines, *check_lines]) + "\n"
@@ -133,8 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS], default=[c.name for c in CONFIGS])
     ap.add_argument("--check", action="store_true", help="also compare logits with native (in-process smoke)")
     ap.add_argument("--check-max-bs", type=int, default=4, help="--check: batch sizes 1..N (default 4)")
+    ap.add_argument("--profile-top", type=int, default=0,
+                    help="also profile one prefill at the largest batch size; report the N costliest kernels")
     ap.add_argument("--out", default="bench_e2e.md", help="markdown report (default bench_e2e.md)")
     ap.add_argument("--workdir", help="keep the model and per-child results here (default: temporary)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --workdir: take a path's result from an earlier run there with the same settings "
+                         "instead of running it again (e.g. native in one command, emulated in the next)")
     args = ap.parse_args(argv)
     args.batch_sizes = sorted(set(args.batch_sizes))
     if (rc := smoke.require_gpu("bench_e2e.py")) is not None:
@@ -147,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = {"job": "compare+bench" if args.check else "bench", "seed": args.seed,
                 "batch_sizes": _check_bs(args) or args.batch_sizes, "bench_batch_sizes": args.batch_sizes,
                 "input_len": args.input_len, "decode_steps": args.decode_steps, "repeats": args.repeats,
+                "profile_top": args.profile_top,
                 "server_args": smoke.server_argv(model_dir, _graph_bs(args), args.seed,
                                                  context_length=max(4096, 2 * (args.input_len + args.decode_steps)))}
         for cfg in CONFIGS:
@@ -155,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             job = spec
             if args.check and cfg is not smoke.NATIVE and results.get(smoke.NATIVE.name) is not None:
                 job = {**spec, "force": str(smoke.result_path(workdir, spec["job"], smoke.NATIVE))}
+            if args.reuse and (saved := smoke.saved_result(cfg, job, workdir)) is not None:
+                results[cfg.name] = saved
+                continue
             try:
                 results[cfg.name] = smoke.run_child(cfg, job, workdir, args.timeout)
             except RuntimeError as exc:

@@ -133,7 +133,7 @@ def _moe_routing(t: int, seed: int = 0):
 
 def measure_moe_ours(tps: list[int], ts: list[int], routed_too: bool) -> dict[str, float]:
     """``moe/tp/T``: the shipped path; ``routed_too``: also ``moe_routed/tp/T``, the routed path forced where the
-    GEMV path would run (to place ``GEMV_MAX_TOKENS``)."""
+    GEMV path would run (to place :func:`gemv_max_tokens`)."""
     import torch
 
     from sglang_sm120.kernels import moe_mxfp4
@@ -154,12 +154,13 @@ def measure_moe_ours(tps: list[int], ts: list[int], routed_too: bool) -> dict[st
         for t in ts:
             res[f"moe/tp{tp}/{t}"] = case(weights, t)
             _emit(f"moe/tp{tp}/{t}", res[f"moe/tp{tp}/{t}"])
-            if routed_too and t <= moe_mxfp4.GEMV_MAX_TOKENS:
-                shipped, moe_mxfp4.GEMV_MAX_TOKENS = moe_mxfp4.GEMV_MAX_TOKENS, 0
+            if routed_too and t <= moe_mxfp4.gemv_max_tokens(MOE_I // tp):
+                shipped = moe_mxfp4.GEMV_MAX_TOKENS, moe_mxfp4.GEMV_MAX_TOKENS_WIDE
+                moe_mxfp4.GEMV_MAX_TOKENS = moe_mxfp4.GEMV_MAX_TOKENS_WIDE = 0
                 try:
                     res[f"moe_routed/tp{tp}/{t}"] = case(weights, t)
                 finally:
-                    moe_mxfp4.GEMV_MAX_TOKENS = shipped
+                    moe_mxfp4.GEMV_MAX_TOKENS, moe_mxfp4.GEMV_MAX_TOKENS_WIDE = shipped
                 _emit(f"moe_routed/tp{tp}/{t}", res[f"moe_routed/tp{tp}/{t}"])
             torch.cuda.empty_cache()
         weights = None
@@ -173,7 +174,7 @@ def _moe_path(tp: int, t: int) -> str:
 
     from sglang_sm120.kernels import moe_mxfp4
 
-    if t > moe_mxfp4.GEMV_MAX_TOKENS:
+    if t > moe_mxfp4.gemv_max_tokens(MOE_I // tp):
         return f"routed m{moe_mxfp4._routed_tile(t * MOE_TOPK, MOE_E)[0]}"
     tile = moe_mxfp4._gemv_plan(t, MOE_TOPK, MOE_H, MOE_I // tp, moe_mxfp4.num_sms(torch.device("cuda")))[0]
     return "gemv wide" if tile is moe_mxfp4._WIDE else "gemv small"
@@ -395,7 +396,7 @@ def main() -> None:
     ap.add_argument("--moe-tp", default="1,2,4,8", help="MoE: TP splits of the intermediate size")
     ap.add_argument("--moe-tokens", default="1,4,8,32,64,65,256,1024,4096")
     ap.add_argument(
-        "--moe-routed-too", action="store_true", help="MoE: also time the routed path at T <= GEMV_MAX_TOKENS"
+        "--moe-routed-too", action="store_true", help="MoE: also time the routed path where the GEMV runs"
     )
     ap.add_argument("--out", default=None, help="save the markdown tables here")
     ap.add_argument("--json-ours", default=None, help=argparse.SUPPRESS)  # child mode

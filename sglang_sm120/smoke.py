@@ -410,13 +410,32 @@ def result_path(workdir: Path, job: str, path: PathConfig) -> Path:
     return workdir / f"{job}-{path.name}.pt"
 
 
+def _child_spec(path: PathConfig, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    return {**spec, "label": path.name, "out": str(result_path(workdir, spec["job"], path)),
+            "server_args": [*spec["server_args"], *path_server_args(path, installed_sglang())]}
+
+
+def saved_result(path: PathConfig, spec: dict[str, Any], workdir: Path) -> dict[str, Any] | None:
+    """The result a finished child of ``path`` left in ``workdir`` for exactly this ``spec`` (e.g. from an
+    earlier command on the same machine), else None."""
+    import torch
+
+    full = _child_spec(path, spec, workdir)
+    spec_file = workdir / f"{spec['job']}-{path.name}.json"
+    if not (spec_file.is_file() and Path(full["out"]).is_file()):
+        return None
+    if json.loads(spec_file.read_text()) != json.loads(json.dumps(full)):
+        return None
+    log(f"child {path.name}: reusing {full['out']} (same settings)")
+    return torch.load(full["out"], weights_only=False)
+
+
 def run_child(path: PathConfig, spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
     """Run one child (``python -m sglang_sm120.smoke --child SPEC``) in ``path``'s environment, streaming its
     output with a ``[name]`` prefix; returns the result dict it saved (``torch.load``)."""
     import torch
 
-    spec = {**spec, "label": path.name, "out": str(result_path(workdir, spec["job"], path)),
-            "server_args": [*spec["server_args"], *path_server_args(path, installed_sglang())]}
+    spec = _child_spec(path, spec, workdir)
     spec_file = workdir / f"{spec['job']}-{path.name}.json"
     spec_file.write_text(json.dumps(spec))
     Path(spec["out"]).unlink(missing_ok=True)
@@ -622,7 +641,29 @@ def _bench_job(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
         log(f"bs {b}: prefill {out[b]['prefill_ms']:.2f} ms, decode step {out[b]['decode_ms']:.3f} ms "
             f"(graph {'yes' if out[b]['graph'] else 'NO'})")
     _clear(runner)
-    return {"bench": out}
+    result: dict[str, Any] = {"bench": out}
+    if spec.get("profile_top"):
+        result["prefill_profile"] = _profile_prefill(runner, spec)
+    return result
+
+
+def _profile_prefill(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """One more prefill at the largest batch size under ``torch.profiler``: the ``profile_top`` GPU kernels by
+    total device time, as ``{"bs", "total_us", "kernels": [(name, calls, us), ...]}``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    b = max(spec["batch_sizes"])
+    prompts = _prompts(spec["seed"] + b, [spec["input_len"]] * b)
+    _clear(runner)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        _prefill(runner, prompts)
+        torch.cuda.synchronize()
+    _clear(runner)
+    rows = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages()
+            if e.self_device_time_total > 0]
+    rows.sort(key=lambda r: -r[2])
+    return {"bs": b, "total_us": sum(r[2] for r in rows), "kernels": rows[: spec["profile_top"]]}
 
 
 def child_main(spec_file: str) -> int:

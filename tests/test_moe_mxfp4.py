@@ -4,7 +4,7 @@ Tolerances: kernel and oracle decode identical E2M1 values and scales (exactly),
 SwiGLU output and each expert's output to bf16 once, so they differ by summation order plus bf16 rounding
 flips: 2^-8 relative per rounding on the GPU, 2^-7 under the interpreter (its fp32->bf16 cast truncates). We
 allow 2e-2 of the largest output magnitude (interpreter) / 1e-2 (GPU), and a mean error 10x smaller on the GPU.
-The routed path (above ``GEMV_MAX_TOKENS`` tokens; forced at small T by patching that constant) dequantises into a
+The routed path (above ``gemv_max_tokens(I)`` tokens; forced at small T by patching its constants) dequantises into a
 bf16 ``tl.dot`` (fp32 dot under the interpreter); ``tl.dot_scaled`` is not used. The decode GEMV path decodes the
 same values exactly and differs from the oracle by fp32 summation order only.
 """
@@ -65,7 +65,8 @@ def test_quant_dequant_roundtrip():
 
 def force_routed(monkeypatch, routed: bool = True) -> None:
     """Send every batch size down the routed ``tl.dot`` path (the GEMV path when ``routed`` is False)."""
-    monkeypatch.setattr(moe, "GEMV_MAX_TOKENS", 0 if routed else 1 << 20)
+    for name in ("GEMV_MAX_TOKENS", "GEMV_MAX_TOKENS_WIDE"):
+        monkeypatch.setattr(moe, name, 0 if routed else 1 << 20)
 
 
 @pytest.mark.parametrize(
@@ -254,8 +255,9 @@ def _check_gpu(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.gpu
-# GEMV up to 64 tokens, routed above: 16-row blocks to 512 tokens, 32 at 1024, 64 at 2048, 128 at 4096
-@pytest.mark.parametrize("t", [1, 2, 3, 7, 16, 64, 65, 512, 1024, 2048, 4096])
+# GEMV up to 40 tokens at TP 1-4 (64 at TP 8), routed above: 16-row blocks to 512 tokens, 32 at 1024, 64 at 2048,
+# 128 at 4096
+@pytest.mark.parametrize("t", [1, 2, 3, 7, 16, 40, 41, 64, 65, 512, 1024, 2048, 4096])
 @pytest.mark.parametrize("skew", [False, True], ids=["uniform", "skewed"])
 def test_gpu_moe_dsv4(dsv4_experts, t, skew):
     w13, w2, s13, s2 = dsv4_experts
@@ -327,3 +329,9 @@ def test_gpu_hash_topk(ids_dtype):
     tw_ref, tids_ref = hash_topk_ref(logits, input_ids, tid2eid)
     assert torch.equal(tids, tids_ref)
     torch.testing.assert_close(tw, tw_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gemv_token_limit_by_expert_width():
+    """Wide experts (I/TP >= 512) leave the GEMV path after 40 tokens, narrow ones after 64."""
+    assert moe.gemv_max_tokens(2048) == moe.gemv_max_tokens(512) == 40
+    assert moe.gemv_max_tokens(256) == moe.GEMV_MAX_TOKENS == 64

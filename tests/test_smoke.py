@@ -401,3 +401,32 @@ def test_bench_e2e_check_compares_each_emulated_path_with_native() -> None:
     assert problems == ["emulated: logits do not agree with native within the smoke tolerance"]
     _, problems = bench_e2e.check({"native": None, "emulated": res(0, True)}, args)
     assert "native path did not run: nothing to compare against" in problems
+
+
+def test_bench_e2e_report_lists_profiled_prefill_kernels() -> None:
+    """``--profile-top``: the report gets one kernel table per path that returned a prefill profile, with each
+    kernel's share of the profiled GPU time."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_e2e
+
+    bench = {1: {"prefill_ms": 10.0, "decode_ms": 1.0, "graph": True}}
+    common = {"device": "GPU", "sglang": "0.5.16", "torch": "2.11", "bench": bench}
+    prof = {"bs": 1, "total_us": 2000.0, "kernels": [("_routed_gemm", 8, 1500.0), ("sparse_attend", 4, 500.0)]}
+    args = argparse.Namespace(layers=4, input_len=256, repeats=3, decode_steps=16, batch_sizes=[1])
+    report = bench_e2e.markdown({"native": common, "emulated": {**common, "prefill_profile": prof}}, {}, args)
+    assert "### Prefill kernels, `emulated` (bs 1, one profiled prefill, 2.00 ms of GPU kernel time)" in report
+    assert "| `_routed_gemm` | 8 | 1500 | 75.0 |" in report
+    assert "Prefill kernels, `native`" not in report
+
+
+def test_saved_result_reused_only_for_identical_settings(tmp_path) -> None:
+    """``bench_e2e.py --reuse``: a child's saved result is taken only when its recorded spec equals the new one."""
+    spec = {"job": "bench", "seed": 0, "batch_sizes": [1], "server_args": ["--model-path", "m"]}
+    assert smoke.saved_result(smoke.NATIVE, spec, tmp_path) is None
+    full = smoke._child_spec(smoke.NATIVE, spec, tmp_path)
+    (tmp_path / "bench-native.json").write_text(json.dumps(full))
+    torch.save({"bench": {1: {"prefill_ms": 1.0}}}, full["out"])
+    assert smoke.saved_result(smoke.NATIVE, spec, tmp_path)["bench"][1]["prefill_ms"] == 1.0
+    assert smoke.saved_result(smoke.NATIVE, {**spec, "seed": 1}, tmp_path) is None

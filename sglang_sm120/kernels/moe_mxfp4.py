@@ -5,9 +5,10 @@ them, *before* Marlin repacking: ``w13 [E, 2I, H/2]`` int8/uint8 (rows ``[gate; 
 nibble = even k), ``w2 [E, H, I/2]``, scales ``[E, 2I, H/32]`` / ``[E, H, I/32]`` as fp32 powers of two
 (0.5.12) or UE8M0 bytes (``uint8`` / ``float8_e8m0fnu``, 0.5.16).
 
-Decode (up to ``GEMV_MAX_TOKENS`` = 64 tokens; 2 launches, no routing pass): GEMV on CUDA cores, one program per
-(row tile, slot) for gate/up + SwiGLU and per (row tile, token) for the down projection with the top-k sum
-fused (:func:`_fp4_gemv`: 16-byte weight loads, two E2M1 decoded per 32-bit op, one scale per 32-group sum).
+Decode (up to 40 tokens, 64 for I/TP < 512: :func:`gemv_max_tokens`; 2 launches, no routing pass): GEMV on CUDA
+cores, one program per (row tile, slot) for gate/up + SwiGLU and per (row tile, token) for the down projection
+with the top-k sum fused (:func:`_fp4_gemv`: 16-byte weight loads, two E2M1 decoded per 32-bit op, one scale per
+32-group sum).
 The weights of an expert picked by several tokens are read once per slot (from L2 after the first).
 
 Prefill (above that; 6 launches, graph-safe, no host sync; grids depend on shapes only):
@@ -46,10 +47,14 @@ _E8M0 = (torch.uint8, getattr(torch, "float8_e8m0fnu", torch.uint8))
 _IDS = (torch.int32, torch.int64)
 MAX_EXPERTS = 512
 K_ALIGN = 128  # H and I must be multiples of this (the largest BLOCK_K)
-# GEMV up to this many tokens, the routed tl.dot pipeline above. H100, mma.sync build, TP 1 (session 4): the GEMV
-# costs ~36 us per token (2.34 ms at 64 tokens); the routed path (session-4 decode, 16-row blocks) cost 3.23 ms at
-# 64 tokens (194 experts hit, one block each). Its K loop now issues ~2.8x fewer instructions: re-tune on a GPU.
+# GEMV up to this many tokens, the routed tl.dot pipeline above (:func:`gemv_max_tokens`). H100, mma.sync build,
+# session 6 (`scripts/bench_moe_gemm.py --sections moe --moe-routed-too`, DSV4-Flash): the routed path overtakes
+# the GEMV between 32 and 64 tokens for wide experts (I/TP 2048: 1.30 vs 1.17 ms at 32, 1.87 vs 2.29 ms at 64;
+# I/TP 1024: 0.68 vs 0.61, 0.98 vs 1.20 ms; both cross near 40) and only past 64 for narrow ones (I/TP 256:
+# 319 vs 303 us at 64). I/TP 512 was not timed: it takes the wide rule.
 GEMV_MAX_TOKENS = 64
+GEMV_MAX_TOKENS_WIDE = 40
+WIDE_INTER = 512
 _SLOT_BLOCK = 256  # count / scatter kernels: slots per program
 _OFF_CHUNK = 32  # offsets kernel: row blocks per step
 _SUM_BLOCK = 1024
@@ -61,6 +66,11 @@ _SUM_BLOCK = 1024
 # smem, 0 spills in every AOT build (a 32-row tile with BLOCK_K 64 spilled in some). Not yet timed on a GPU.
 _ROUTED_TILES = ((16, 64, 128, 4, 2), (32, 64, 128, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2))
 _BLOCK_MS = tuple(t[0] for t in _ROUTED_TILES)
+
+
+def gemv_max_tokens(inter: int) -> int:
+    """The most tokens the GEMV path takes for per-rank intermediate size ``inter`` (more: the routed path)."""
+    return min(GEMV_MAX_TOKENS, GEMV_MAX_TOKENS_WIDE) if inter >= WIDE_INTER else GEMV_MAX_TOKENS
 
 
 def _routed_tile(slots: int, num_experts: int) -> tuple[int, int, int, int, int]:
@@ -830,7 +840,7 @@ def fused_moe_mxfp4(
     ``swiglu_limit`` (SGLang ``clamp_limit``): ``silu(min(g, L)) * clamp(u, -L, L)``; None = plain SwiGLU.
     ``routed_scaling_factor``: None = not applied (Marlin MXFP4 convention). H and I must be multiples of 128.
     Pass ``out`` ``[T, H]`` bf16 and ``workspace`` (:func:`moe_mxfp4_workspace`) for CUDA-graph capture.
-    Up to :data:`GEMV_MAX_TOKENS` tokens: the GEMV path; above: the routed ``tl.dot`` path. Returns ``out``.
+    Up to :func:`gemv_max_tokens` tokens: the GEMV path; above: the routed ``tl.dot`` path. Returns ``out``.
     """
     x = hidden_states
     if x.dim() != 2 or x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 16 or x.data_ptr() % 16:
@@ -887,7 +897,7 @@ def fused_moe_mxfp4(
     limit = float("inf") if swiglu_limit is None else float(swiglu_limit)
     scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
     experts = _Experts(w13b, s13, s13_fp32, w2b, s2, s2_fp32)
-    if t <= GEMV_MAX_TOKENS:
+    if t <= gemv_max_tokens(inter):
         _gemv(x, experts, topk_weights, topk_ids, out, ws.inter[:slots], limit, scale)
     else:
         _routed(x, experts, topk_weights, topk_ids, out, ws, limit, scale)
