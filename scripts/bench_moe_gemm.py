@@ -131,7 +131,7 @@ def _moe_routing(t: int, seed: int = 0):
     return (tw / tw.sum(1, keepdim=True)).contiguous(), ids.contiguous()
 
 
-def measure_moe_ours(tps: list[int], ts: list[int], routed_too: bool) -> dict[str, float]:
+def measure_moe_ours(tps: list[int], ts: list[int], routed_too: bool, act: str) -> dict[str, float]:
     """``moe/tp/T``: the shipped path; ``routed_too``: also ``moe_routed/tp/T``, the routed path forced where the
     GEMV path would run (to place :func:`gemv_max_tokens`)."""
     import torch
@@ -144,7 +144,9 @@ def measure_moe_ours(tps: list[int], ts: list[int], routed_too: bool) -> dict[st
         out = torch.empty_like(x)
         ws = moe_mxfp4_workspace(t, MOE_TOPK, MOE_E, MOE_H, weights[1].shape[2] * 2, "cuda")
         return _bench_calls([
-            lambda tw=tw, ids=ids: fused_moe_mxfp4(x, *weights, tw, ids, swiglu_limit=MOE_LIMIT, out=out, workspace=ws)
+            lambda tw=tw, ids=ids: fused_moe_mxfp4(
+                x, *weights, tw, ids, swiglu_limit=MOE_LIMIT, out=out, workspace=ws, act=act
+            )
             for tw, ids in _moe_routings(t)
         ])  # fmt: skip
 
@@ -360,10 +362,11 @@ def render(ms, off, on, base, notes, device: str) -> str:
     return "\n".join([*lines, "", *notes])
 
 
-def render_moe(tps, ts, off, on, base, hit, notes) -> str:
+def render_moe(tps, ts, off, on, base, hit, notes, act) -> str:
     lines = [
         f"MoE (MXFP4 routed experts, E={MOE_E}, top-{MOE_TOPK}, H={MOE_H}, I={MOE_I}/TP, swiglu_limit "
-        f"{MOE_LIMIT}); GB/s and % HBM on the MXFP4 bytes of the experts hit; ours/Marlin < 1 = faster.",
+        f"{MOE_LIMIT}); ours: routed-path activations {act}; GB/s and % HBM on the MXFP4 bytes of the experts hit; "
+        "ours/Marlin < 1 = faster.",
         "",
         "| TP | T | path | experts hit | ours(off) us | ours(on) us | routed forced (off) us | GB/s (off) | % HBM "
         "| TFLOP/s (off) | Marlin us | ours/Marlin time | SGLang Triton FP8 us |",
@@ -398,6 +401,8 @@ def main() -> None:
     ap.add_argument(
         "--moe-routed-too", action="store_true", help="MoE: also time the routed path where the GEMV runs"
     )
+    ap.add_argument("--moe-act", choices=("bf16", "mxfp8"), default="bf16",
+                    help="MoE: activations of our routed path (mxfp8 = W4A8, block-scaled MMA on SM12x)")
     ap.add_argument("--out", default=None, help="save the markdown tables here")
     ap.add_argument("--json-ours", default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
@@ -409,7 +414,7 @@ def main() -> None:
     if args.json_ours:
         res = measure_ours(ms) if "gemm" in sections else {}
         if "moe" in sections:
-            res.update(measure_moe_ours(tps, ts, args.moe_routed_too))
+            res.update(measure_moe_ours(tps, ts, args.moe_routed_too, args.moe_act))
         with open(args.json_ours, "w") as f:
             json.dump(res, f)
         return
@@ -428,6 +433,8 @@ def main() -> None:
                 "--moe-tokens",
                 args.moe_tokens,
                 *(["--moe-routed-too"] if args.moe_routed_too else []),
+                "--moe-act",
+                args.moe_act,
             ],
             disable_mma_v3=disable,
         )
@@ -443,7 +450,7 @@ def main() -> None:
         print(tables[-1], flush=True)
     if "moe" in sections:
         base, hit, notes = measure_moe_baselines(tps, ts)
-        tables.append(render_moe(tps, ts, off, on, base, hit, notes))
+        tables.append(render_moe(tps, ts, off, on, base, hit, notes, args.moe_act))
         print(tables[-1], flush=True)
     if args.out:
         with open(args.out, "w") as f:

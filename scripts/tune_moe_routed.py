@@ -1,7 +1,7 @@
 """Sweep: routed MXFP4 MoE tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) at prefill token counts, one GPU.
 
     DISABLE_MMA_V3=1 PYTHONPATH=. python scripts/tune_moe_routed.py [--tp 1,2] [--tokens 256,1024,4096,8192]
-                                                                    [--tiles 128x32x64w8s2,...] [--out FILE.md]
+                                         [--tiles 128x32x64w8s2,...] [--act bf16|mxfp8] [--out FILE.md]
 
 Every candidate first passes the AOT gate for ``sm_120a`` (GEMM1 and GEMM2 builds: <= 101,376 B shared memory,
 0 spills, registers reported); a failing one is listed and not timed. Each passing one is then timed as the whole
@@ -25,7 +25,7 @@ from bench_moe_gemm import MOE_E, MOE_H, MOE_I, MOE_LIMIT, MOE_TOPK, _bench_call
 # The shipped tiles plus variants with fewer registers (more CTAs per SM) or wider N / K, each 0-spill on sm_120a in
 # a CPU screen (GEMM1 128x32x64 w8: 102 registers vs 144 for 128x64x64; 64x32x64 w4: 104 vs 168).
 DEFAULT_TILES = (
-    "16x64x128w4s2,16x32x128w4s2,32x64x128w4s2,32x32x128w4s2,64x64x64w4s2,64x32x64w4s2,64x64x64w8s2,"
+    "16x64x128w4s2,16x64x64w4s2,16x32x128w4s2,32x64x128w4s2,32x64x64w4s2,32x32x128w4s2,64x64x64w4s2,64x32x64w4s2,64x64x64w8s2,"
     "64x128x64w8s2,128x64x64w8s2,128x32x64w8s2,128x128x64w8s2,128x64x128w8s2"
 )
 Tile = tuple[int, int, int, int, int]
@@ -47,7 +47,7 @@ def tile_name(tile: Tile) -> str:
     return f"{bm}x{bn}x{bk}w{nw}s{ns}"
 
 
-def aot_gate(tile: Tile) -> tuple[bool, str]:
+def aot_gate(tile: Tile, act: str = "bf16") -> tuple[bool, str]:
     """(passes, "regs g1/g2" or the problems) of GEMM1 and GEMM2 with UE8M0 scales on sm_120a."""
     from sglang_sm120.aot import check_config
     from sglang_sm120.kernels import moe_mxfp4
@@ -55,14 +55,16 @@ def aot_gate(tile: Tile) -> tuple[bool, str]:
 
     kernels = {k.name: k for k in registered()}
     regs, problems = [], []
-    for name, gated in (("moe_mxfp4.gemm1[s=u8]", True), ("moe_mxfp4.gemm2[s=u8]", False)):
-        res = check_config(kernels[name], moe_mxfp4._gemm_config(tile, gated, False), 120)
+    fp8 = act == "mxfp8"
+    for gemm, gated in (("gemm1", True), ("gemm2", False)):
+        name = f"moe_mxfp4.{gemm}{'_w4a8' if fp8 else ''}[s=u8]"
+        res = check_config(kernels[name], moe_mxfp4._gemm_config(tile, gated, False, fp8), 120)
         regs.append(str(res.registers))
         problems += [f"{name}: {p}" for p in res.problems]
     return not problems, "; ".join(problems) or "regs " + "/".join(regs)
 
 
-def time_tiles(tiles: list[Tile], tps: list[int], tokens: list[int]) -> dict[tuple[int, int, Tile], float]:
+def time_tiles(tiles: list[Tile], tps: list[int], tokens: list[int], act: str) -> dict[tuple[int, int, Tile], float]:
     """µs per ``fused_moe_mxfp4`` call for every (TP, T, tile)."""
     import torch
 
@@ -79,10 +81,10 @@ def time_tiles(tiles: list[Tile], tps: list[int], tokens: list[int]) -> dict[tup
             ws = moe_mxfp4_workspace(t, MOE_TOPK, MOE_E, MOE_H, MOE_I // tp, "cuda")
             tw, ids = _moe_routing(t)
             call = functools.partial(
-                fused_moe_mxfp4, x, *weights, tw, ids, swiglu_limit=MOE_LIMIT, out=out, workspace=ws
+                fused_moe_mxfp4, x, *weights, tw, ids, swiglu_limit=MOE_LIMIT, out=out, workspace=ws, act=act
             )
             for tile in tiles:
-                moe_mxfp4._routed_tile = lambda slots, e, tile=tile: tile
+                moe_mxfp4._routed_tile = lambda slots, e, act_fp8=False, tile=tile: tile
                 try:
                     res[(tp, t, tile)] = _bench_calls([call])
                 finally:
@@ -93,12 +95,14 @@ def time_tiles(tiles: list[Tile], tps: list[int], tokens: list[int]) -> dict[tup
     return res
 
 
-def render(tiles: list[Tile], gates: dict[Tile, str], res: dict, tps: list[int], tokens: list[int]) -> str:
+def render(tiles: list[Tile], gates: dict[Tile, str], res: dict, tps: list[int], tokens: list[int],
+           act: str = "bf16") -> str:
     from sglang_sm120.kernels import moe_mxfp4
 
     lines = [
-        f"Routed MXFP4 MoE tiles, E={MOE_E}, top-{MOE_TOPK}, H={MOE_H}, I={MOE_I}/TP; DISABLE_MMA_V3="
-        f"{os.environ.get('DISABLE_MMA_V3', 'unset')}. µs per call (TFLOP/s); * = shipped choice, ** = fastest.",
+        f"Routed MXFP4 MoE tiles, E={MOE_E}, top-{MOE_TOPK}, H={MOE_H}, I={MOE_I}/TP, activations {act}; "
+        f"DISABLE_MMA_V3={os.environ.get('DISABLE_MMA_V3', 'unset')}. µs per call (TFLOP/s); * = shipped choice, "
+        "** = fastest.",
         "",
         "| TP | T | " + " | ".join(tile_name(t) for t in tiles) + " |",
         "|---|---|" + "---|" * len(tiles),
@@ -108,7 +112,7 @@ def render(tiles: list[Tile], gates: dict[Tile, str], res: dict, tps: list[int],
         for t in tokens:
             times = {tile: res[(tp, t, tile)] for tile in tiles if (tp, t, tile) in res}
             best = min(times, key=times.get) if times else None
-            ship = moe_mxfp4._routed_tile(t * MOE_TOPK, MOE_E)
+            ship = moe_mxfp4._routed_tile(t * MOE_TOPK, MOE_E, act == "mxfp8")
             cells = []
             for tile in tiles:
                 us = times.get(tile)
@@ -125,6 +129,7 @@ def main() -> None:
     ap.add_argument("--tp", default="1,2")
     ap.add_argument("--tokens", default="256,1024,4096,8192")
     ap.add_argument("--tiles", default=DEFAULT_TILES)
+    ap.add_argument("--act", choices=("bf16", "mxfp8"), default="bf16", help="routed-path activations")
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="parallel AOT compiles")
     ap.add_argument("--out", default=None, help="save the markdown table here")
     args = ap.parse_args()
@@ -136,12 +141,12 @@ def main() -> None:
     tps = [int(v) for v in args.tp.split(",")]
     tokens = [int(v) for v in args.tokens.split(",")]
     with ProcessPoolExecutor(args.jobs) as ex:
-        gates = dict(zip(tiles, ex.map(aot_gate, tiles)))
+        gates = dict(zip(tiles, ex.map(aot_gate, tiles, [args.act] * len(tiles))))
     for tile, (ok, why) in gates.items():
         print(f"AOT {tile_name(tile)}: {'ok' if ok else 'FAILS'} ({why})", file=sys.stderr, flush=True)
     passing = [t for t in tiles if gates[t][0]]
-    res = time_tiles(passing, tps, tokens)
-    table = render(tiles, {t: why for t, (_, why) in gates.items()}, res, tps, tokens)
+    res = time_tiles(passing, tps, tokens, args.act)
+    table = render(tiles, {t: why for t, (_, why) in gates.items()}, res, tps, tokens, args.act)
     print(table, flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -22,7 +22,7 @@ def test_tile_notation_round_trips_and_rejects_garbage():
 
 def test_default_candidates_include_the_shipped_tiles():
     tiles = [tune_moe_routed.parse_tile(s) for s in tune_moe_routed.DEFAULT_TILES.split(",")]
-    assert set(moe_mxfp4._ROUTED_TILES) <= set(tiles)
+    assert {*moe_mxfp4._ROUTED_TILES, *moe_mxfp4._ROUTED_TILES_W4A8} <= set(tiles)
     assert {t[0] for t in tiles} <= set(moe_mxfp4._BLOCK_MS)
 
 

@@ -1,4 +1,4 @@
-"""MXFP4 routed-experts MoE (W4A16) and hash routing for DeepSeek-V4 on SM12x (Triton, ``mma.sync``).
+"""MXFP4 routed-experts MoE (W4A16, opt-in W4A8) and hash routing for DeepSeek-V4 on SM12x (Triton, ``mma.sync``).
 
 Replaces SGLang's ``fused_marlin_moe`` for ``Mxfp4MarlinMoEMethod`` on the weights as ``create_weights`` makes
 them, *before* Marlin repacking: ``w13 [E, 2I, H/2]`` int8/uint8 (rows ``[gate; up]``, two E2M1 per byte, low
@@ -26,6 +26,12 @@ Prefill (above that; 6 launches, graph-safe, no host sync; grids depend on shape
 5. GEMM2: ``y[slot] = h[slot] @ w2^T`` (bf16);
 6. ``sum``: ``out[t] = scale * sum_k topk_weights[t, k] * y[t * topk + k]`` in fp32 (scale = ``routed_scaling_factor``
    or 1: a subclass of ``Mxfp4MarlinMoEMethod`` must pass None, SGLang scales afterwards).
+
+W4A8 (``act="mxfp8"``, opt-in: :func:`moe_act`): before GEMM1 x is quantised to MXFP8 (e4m3 + UE8M0 per 32,
+:func:`_mxfp8_quant_kernel`); both GEMMs decode the FP4 weights to e4m3 in registers (:func:`_e2m1_e4m3`) and run
+one ``tl.dot_scaled`` per K block, which Triton lowers to the block-scaled ``mma ... kind::mxf8f6f4`` on sm_120a
+(decomposed to bf16 MMAs elsewhere); GEMM1 stores the SwiGLU output as MXFP8 for GEMM2. Activations are stored
+in *pair-split* order (per 32-group: even k, then odd k), the order in which packed nibbles decode for free.
 
 No E2M1 lookup table exists on the device.
 """
@@ -58,13 +64,19 @@ WIDE_INTER = 512
 _SLOT_BLOCK = 256  # count / scatter kernels: slots per program
 _OFF_CHUNK = 32  # offsets kernel: row blocks per step
 _SUM_BLOCK = 1024
+_QUANT_BLOCKS = (1024, 512, 256, 128)  # MXFP8 quantisation of x: columns per program, the largest dividing H
 # Routed path tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), one per row-block size, the same for
 # GEMM1 and GEMM2. Decoding the FP4 weights costs the same per block whatever BLOCK_M, so an expert with r rows
 # costs ~cdiv(r, BLOCK_M) decodes of its weights: :func:`_routed_tile` takes the smallest block that holds the
 # mean rows per expert with room (<= 3/4 full). ``scripts/sass_stats.py moe_mxfp4.gemm1`` (sm_120a): K-loop
 # instructions per mma.sync 19.6 / 11.5 / 6.6 / 5.0 for these tiles (session-4 16-row kernel: 55.1), <= 32 KB
-# smem, 0 spills in every AOT build (a 32-row tile with BLOCK_K 64 spilled in some). Not yet timed on a GPU.
+# smem, 0 spills in every AOT build (a 32-row tile with BLOCK_K 64 spilled in some). H100 (session 6): 4.6x faster
+# than the session-4 kernel at 4096 tokens (10.8 ms at TP 1, 115 TFLOP/s); `scripts/tune_moe_routed.py` sweeps them.
 _ROUTED_TILES = ((16, 64, 128, 4, 2), (32, 64, 128, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2))
+# W4A8, same row-block sizes, BLOCK_K 64 throughout (the 16- and 32-row GEMM1 with BLOCK_K 128 spill 8-12 B for
+# sm_121a). Static K loop on sm_120a (sass_stats, GEMM1): 10-18 instructions per block-scaled QMMA, each QMMA
+# the work of two bf16 mma.sync. Not yet timed or run on a GPU.
+_ROUTED_TILES_W4A8 = ((16, 64, 64, 4, 2), (32, 64, 64, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2))
 _BLOCK_MS = tuple(t[0] for t in _ROUTED_TILES)
 
 
@@ -73,10 +85,11 @@ def gemv_max_tokens(inter: int) -> int:
     return min(GEMV_MAX_TOKENS, GEMV_MAX_TOKENS_WIDE) if inter >= WIDE_INTER else GEMV_MAX_TOKENS
 
 
-def _routed_tile(slots: int, num_experts: int) -> tuple[int, int, int, int, int]:
+def _routed_tile(slots: int, num_experts: int, act_fp8: bool = False) -> tuple[int, int, int, int, int]:
     """The routed tile for ``slots`` (token, expert) pairs over ``num_experts`` experts (host ints only)."""
     mean = slots / max(num_experts, 1)
-    return next((t for t in _ROUTED_TILES if 4 * mean <= 3 * t[0]), _ROUTED_TILES[-1])
+    tiles = _ROUTED_TILES_W4A8 if act_fp8 else _ROUTED_TILES
+    return next((t for t in tiles if 4 * mean <= 3 * t[0]), tiles[-1])
 
 
 class _GemvTile(NamedTuple):
@@ -228,6 +241,110 @@ def _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, big, S_FP32: tl.constexpr, UPCAST:
     return tl.dot(a_od, hi, acc)
 
 
+def _e2m1_e4m3_asm() -> str:
+    """PTX of :func:`_e2m1_e4m3`: ``$2`` = 4 packed bytes -> ``$0`` / ``$1`` = the e4m3 bytes of their low / high
+    nibbles: sign to bit 7, 3-bit code e1e0m to bits 2..4 (exponent field e1e0, mantissa m00)."""
+    return "\n".join([
+        "{", ".reg .b32 a, b;",
+        "shl.b32 a, $2, 2;", "and.b32 a, a, 0x1C1C1C1C;", "shl.b32 b, $2, 4;", "and.b32 b, b, 0x80808080;",
+        "or.b32 $0, a, b;",
+        "shr.b32 a, $2, 2;", "and.b32 a, a, 0x1C1C1C1C;", "and.b32 b, $2, 0x80808080;", "or.b32 $1, a, b;",
+        "}",
+    ])  # fmt: skip
+
+
+_E2M1_E4M3_ASM = tl.constexpr(_e2m1_e4m3_asm())
+
+
+@triton.jit
+def _e2m1_e4m3(q, UPCAST: tl.constexpr):
+    """Packed bytes ``q`` ``[KH, BN]`` uint8 (low nibble = even k) -> ``[2 KH, BN]`` e4m3 in *pair-split* k order
+    (per 32-group: its 16 even k, then its 16 odd k; :func:`_pair_split`), each the nibble's ``E2M1 * 2^-6``
+    (exact: e4m3's exponent bias is 6 more than E2M1's; code 1 = 0.5 lands on the e4m3 subnormal 2^-7). In that
+    order the low and high nibbles of 16 bytes stay whole registers: no byte shuffles before the MMA. Four bytes
+    per 32-bit op on the GPU, plain integer ops under the interpreter."""
+    if UPCAST:
+        qi = q.to(tl.int32)
+        lo = (((qi << 2) & 0x1C) | ((qi << 4) & 0x80)).to(tl.uint8)
+        hi = (((qi >> 2) & 0x1C) | (qi & 0x80)).to(tl.uint8)
+    else:
+        lo, hi = tl.inline_asm_elementwise(
+            _E2M1_E4M3_ASM, "=r,=r,r", [q], dtype=(tl.uint8, tl.uint8), is_pure=True, pack=4
+        )
+    KH: tl.constexpr = q.shape[0]
+    BN: tl.constexpr = q.shape[1]
+    w = tl.join(tl.reshape(lo, (KH // 16, 16, BN)), tl.reshape(hi, (KH // 16, 16, BN)))  # [G, 16, BN, 2]
+    return tl.reshape(tl.permute(w, (0, 3, 1, 2)), (2 * KH, BN)).to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
+def _pair_split(x):
+    """``[R, C]`` -> the same values with each 32-column group reordered as its 16 even then its 16 odd columns:
+    the k order of :func:`_e2m1_e4m3`, so MXFP8 activations stored this way meet decoded weights in the same
+    order (a dot over K does not depend on the order, and every 32-group keeps its scale)."""
+    R: tl.constexpr = x.shape[0]
+    C: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.permute(tl.reshape(x, (R, C // 32, 16, 2)), (0, 1, 3, 2)), (R, C))
+
+
+@triton.jit
+def _mxfp8(x, UPCAST: tl.constexpr):
+    """fp32 ``[R, C]`` -> MXFP8 (``reference.moe_mxfp4.quant_mxfp8``): e4m3 bytes ``[R, C]`` uint8 in pair-split
+    column order (:func:`_pair_split`) and UE8M0 ``[R, C / 32]`` uint8, s = the smallest power of two with
+    ``amax <= 448 * 2^(s - 127)`` per 32 columns."""
+    R: tl.constexpr = x.shape[0]
+    C: tl.constexpr = x.shape[1]
+    g = tl.reshape(x, (R, C // 32, 32))
+    bits = tl.max(tl.abs(g), 2).to(tl.int32, bitcast=True)
+    s = ((bits >> 23) & 0xFF) - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)
+    s = tl.minimum(tl.maximum(s, 0), 254)  # finite amax: s <= 247, so 2^(127 - s) is a normal fp32
+    q = tl.reshape(g * _pow2_f32(127 - s)[:, :, None], (R, C))
+    if UPCAST:  # the interpreter's cast rounds ties away and flushes subnormals: round to e4m3 values first
+        b = q.to(tl.int32, bitcast=True)
+        normal = ((b + 0x7FFFF + ((b >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)  # 3 mantissa bits
+        sub = (q + 24576.0) - 24576.0  # 1.5 * 2^14: the sum's ulp is the subnormal step 2^-9
+        q = tl.where(tl.abs(q) < 0.015625, tl.where(sub == 0.0, q * 0.0, sub), normal)
+    return _pair_split(q.to(tl.float8e4nv).to(tl.uint8, bitcast=True)), s.to(tl.uint8)
+
+
+@triton.jit
+def _mxfp8_quant_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, stride_s, BLOCK: tl.constexpr, UPCAST: tl.constexpr):
+    """Grid (rows, K / BLOCK): :func:`_mxfp8` of ``x [rows, K]`` bf16 into ``q`` ``[rows, K]`` (pair-split order)
+    and ``s`` ``[rows, K / 32]`` uint8."""
+    r = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    q, s = _mxfp8(tl.load(x_ptr + r * stride_x + c).to(tl.float32)[None, :], UPCAST)
+    tl.store(q_ptr + r * stride_q + c[None, :], q)
+    tl.store(s_ptr + r * stride_s + (tl.program_id(1) * (BLOCK // 32) + tl.arange(0, BLOCK // 32))[None, :], s)
+
+
+@triton.jit
+def _mx_dot(acc, a_ptrs, as_ptrs, w_ptrs, s_ptrs, S_FP32: tl.constexpr, UPCAST: tl.constexpr):
+    """W4A8: ``acc += A @ W`` with A ``[BM, BK]`` MXFP8 (e4m3 bytes in pair-split k order at ``a_ptrs``, UE8M0
+    ``[BM, BK/32]`` at ``as_ptrs``) and W the packed E2M1 ``[BK/2, BN]`` at ``w_ptrs`` with per-32 scales
+    ``[BK/32, BN]``: decoded to e4m3 in the same order (:func:`_e2m1_e4m3`, ``E2M1 * 2^-6``, so its UE8M0 scale is
+    s + 6), one block-scaled ``tl.dot_scaled`` (native ``mma ... kind::mxf8f6f4.block_scale`` on sm_120a). The
+    interpreter dequantises to fp32 instead."""
+    KH: tl.constexpr = w_ptrs.shape[0]
+    BN: tl.constexpr = w_ptrs.shape[1]
+    BM: tl.constexpr = a_ptrs.shape[0]
+    G: tl.constexpr = KH // 16
+    a = tl.load(a_ptrs).to(tl.float8e4nv, bitcast=True)
+    sa = tl.load(as_ptrs)
+    w = _e2m1_e4m3(tl.load(w_ptrs), UPCAST)
+    s = tl.load(s_ptrs)
+    if S_FP32:  # an exact power of two: its exponent field is the UE8M0 byte
+        s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    else:
+        s = s.to(tl.int32)
+    sw = tl.minimum(s + 6, 254)
+    if UPCAST:  # interpreter: no dot_scaled there
+        af = tl.reshape(a.to(tl.float32), (BM, G, 32)) * _pow2_f32(tl.maximum(sa.to(tl.int32) - 127, -126))[:, :, None]
+        wf = tl.reshape(w.to(tl.float32), (G, 32, BN)) * _pow2_f32(sw - 127)[:, None, :]
+        return tl.dot(tl.reshape(af, (BM, 2 * KH)), tl.reshape(wf, (2 * KH, BN)), acc)
+    return tl.dot_scaled(a, sa, "e4m3", w, tl.trans(sw.to(tl.uint8)), "e4m3", acc)
+
+
 @triton.jit
 def _to_bf16(x, UPCAST: tl.constexpr):
     """fp32 -> bf16, round to nearest even: the GPU's cast; under the interpreter (whose cast truncates and whose
@@ -252,6 +369,8 @@ def _moe_gemm_kernel(
     w_ptr,
     s_ptr,
     c_ptr,
+    as_ptr,
+    cs_ptr,
     sorted_ptr,
     block_expert_ptr,
     total_ptr,
@@ -265,17 +384,22 @@ def _moe_gemm_kernel(
     stride_se,
     stride_sn,
     stride_cm,
+    stride_asm,
+    stride_csm,
     limit,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GATED: tl.constexpr,
     S_FP32: tl.constexpr,
+    ACT_FP8: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """Grid (cdiv(N, BLOCK_N), row blocks). Row block b holds ``sorted[b*BM : (b+1)*BM]`` (slots, or
     ``num_slots`` = padding) of expert ``block_expert[b]``; A row = ``slot // a_div``. W ``[E, rows, K/2]``
-    bytes with rows ``[gate (N); up (N)]`` when GATED. C ``[slots, N]`` bf16, row = slot: GATED -> SwiGLU."""
+    bytes with rows ``[gate (N); up (N)]`` when GATED. C ``[slots, N]`` bf16, row = slot: GATED -> SwiGLU.
+    ACT_FP8 (W4A8): A is MXFP8 (e4m3 bytes + UE8M0 ``as [rows, K/32]``, :func:`_mx_dot`) and a GATED C is
+    stored MXFP8 too (e4m3 bytes, scales in ``cs [slots, N/32]``); else A is bf16 and ``as`` / ``cs`` unused."""
     KH: tl.constexpr = BLOCK_K // 2
     # the wrapper guarantees these (16-byte rows): vectorised, pipelined loads
     stride_am = stride_am // 16 * 16
@@ -299,28 +423,48 @@ def _moe_gemm_kernel(
     w_ptrs = tl.multiple_of(w_ptrs, [16, 16])
     kg = tl.arange(0, BLOCK_K // 32)
     s_ptrs = s_ptr + expert * stride_se + (w_rows[None, :] * stride_sn + kg[:, None])
-    big = _scales_big(s_ptrs, K, BLOCK_K, S_FP32)
-    if GATED:
-        big |= _scales_big(s_ptrs + N * stride_sn, K, BLOCK_K, S_FP32)
+    big = False
+    if not ACT_FP8:  # the W4A8 path applies scales in the MMA: any UE8M0 value
+        big = _scales_big(s_ptrs, K, BLOCK_K, S_FP32)
+        if GATED:
+            big |= _scales_big(s_ptrs + N * stride_sn, K, BLOCK_K, S_FP32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # padding rows read row 0 (finite: its products land in rows that are never stored)
+    as_ptrs = as_ptr + rows[:, None] * stride_asm + tl.arange(0, BLOCK_K // 32)[None, :]
     for _ in range(0, K, BLOCK_K):
-        a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
-        a_ev, a_od = tl.split(tl.reshape(a, (BLOCK_M, KH, 2)))
-        if UPCAST:  # the interpreter's bf16 dot is wrong
-            a_ev = a_ev.to(tl.float32)
-            a_od = a_od.to(tl.float32)
-        acc = _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, big, S_FP32, UPCAST)
-        if GATED:
-            acc_u = _fp4_dot(acc_u, a_ev, a_od, w_ptrs + N * stride_wn, s_ptrs + N * stride_sn, big, S_FP32, UPCAST)
+        if ACT_FP8:
+            acc = _mx_dot(acc, a_ptrs, as_ptrs, w_ptrs, s_ptrs, S_FP32, UPCAST)
+            if GATED:
+                acc_u = _mx_dot(acc_u, a_ptrs, as_ptrs, w_ptrs + N * stride_wn, s_ptrs + N * stride_sn, S_FP32, UPCAST)
+            as_ptrs += BLOCK_K // 32
+        else:
+            a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+            a_ev, a_od = tl.split(tl.reshape(a, (BLOCK_M, KH, 2)))
+            if UPCAST:  # the interpreter's bf16 dot is wrong
+                a_ev = a_ev.to(tl.float32)
+                a_od = a_od.to(tl.float32)
+            acc = _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, big, S_FP32, UPCAST)
+            if GATED:
+                acc_u = _fp4_dot(
+                    acc_u, a_ev, a_od, w_ptrs + N * stride_wn, s_ptrs + N * stride_sn, big, S_FP32, UPCAST
+                )
         a_ptrs += BLOCK_K
         w_ptrs += KH
         s_ptrs += BLOCK_K // 32
 
-    c_ptrs = c_ptr + tl.where(m_ok, slots, 0).to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
+    row_out = tl.where(m_ok, slots, 0).to(tl.int64)
+    c_ptrs = c_ptr + row_out[:, None] * stride_cm + offs_n[None, :]
+    c_mask = m_ok[:, None] & n_ok[None, :]
     if GATED:
         acc = _swiglu(acc, acc_u, limit)
-    tl.store(c_ptrs, _to_bf16(acc, UPCAST), mask=m_ok[:, None] & n_ok[None, :])
+    if GATED and ACT_FP8:
+        q, sc = _mxfp8(acc, UPCAST)
+        tl.store(c_ptrs, q, mask=c_mask)
+        g = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
+        tl.store(cs_ptr + row_out[:, None] * stride_csm + g[None, :], sc, mask=m_ok[:, None] & (g < N // 32)[None, :])
+    else:
+        tl.store(c_ptrs, _to_bf16(acc, UPCAST), mask=c_mask)
 
 
 _ACT_SCALE = tl.constexpr(2.0**64)  # activations are pre-multiplied by this, the scales by 2^(126 - 64): see _fp4_gemv
@@ -589,12 +733,14 @@ def _hash_topk_kernel(
 _INT = "i32"  # what the runtime JIT passes for ints < 2^31
 
 
-def _gemm_signature(s: str) -> dict[str, str]:
+def _gemm_signature(s: str, gated: bool, act_fp8: bool) -> dict[str, str]:
     sig = {
-        "a_ptr": "*bf16",
+        "a_ptr": "*u8" if act_fp8 else "*bf16",
         "w_ptr": "*u8",
         "s_ptr": s,
-        "c_ptr": "*bf16",
+        "c_ptr": "*u8" if act_fp8 and gated else "*bf16",
+        "as_ptr": "*u8",
+        "cs_ptr": "*u8",
         "sorted_ptr": "*i32",
         "block_expert_ptr": "*i32",
         "total_ptr": "*i32",
@@ -610,26 +756,38 @@ def _gemm_signature(s: str) -> dict[str, str]:
         "stride_se",
         "stride_sn",
         "stride_cm",
+        "stride_asm",
+        "stride_csm",
     ):
         sig[name] = _INT
     sig["limit"] = "fp32"
     return sig
 
 
-def _gemm_config(tile: tuple[int, int, int, int, int], gated: bool, s_fp32: bool) -> AotConfig:
+def _gemm_config(tile: tuple[int, int, int, int, int], gated: bool, s_fp32: bool, act_fp8: bool = False) -> AotConfig:
     bm, bn, bk, nw, ns = tile
-    consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GATED": gated, "S_FP32": s_fp32, "UPCAST": False}
+    consts = {
+        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GATED": gated, "S_FP32": s_fp32, "ACT_FP8": act_fp8,
+        "UPCAST": False,
+    }  # fmt: skip
     return AotConfig(consts, num_warps=nw, num_stages=ns)
 
 
 for _s, _sf in (("*fp32", True), ("*u8", False)):
     for _name, _gated in (("gemm1", True), ("gemm2", False)):
-        register_aot(
-            f"moe_mxfp4.{_name}[s={_s[1:]}]",
-            _moe_gemm_kernel,
-            signature=_gemm_signature(_s),
-            configs=[_gemm_config(_tile, _gated, _sf) for _tile in _ROUTED_TILES],
-        )
+        for _act, _fp8 in (("", False), ("_w4a8", True)):
+            register_aot(
+                f"moe_mxfp4.{_name}{_act}[s={_s[1:]}]",
+                _moe_gemm_kernel,
+                signature=_gemm_signature(_s, _gated, _fp8),
+                configs=[_gemm_config(t, _gated, _sf, _fp8) for t in (_ROUTED_TILES_W4A8 if _fp8 else _ROUTED_TILES)],
+            )
+register_aot(
+    "moe_mxfp4.mxfp8_quant",
+    _mxfp8_quant_kernel,
+    signature={"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*u8", "stride_x": _INT, "stride_q": _INT, "stride_s": _INT},
+    configs=[AotConfig({"BLOCK": b, "UPCAST": False}, num_warps=4, num_stages=1) for b in _QUANT_BLOCKS],
+)
 
 
 def _gemv_signature(s: str, ids: str) -> dict[str, str]:
@@ -800,6 +958,17 @@ def moe_mxfp4_workspace(
     )  # fmt: skip
 
 
+def _mx_buffers(ws: MoeWorkspace, t: int, h: int, slots: int, inter: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """W4A8 scratch as byte views of the bf16 buffers it replaces: ``(xq [T, H], xs [T, H/32])`` inside ``y``
+    (written only by GEMM2, after GEMM1 has read x), ``(hq [slots, I], hs [slots, I/32])`` inside ``inter``."""
+
+    def split(buf: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n = buf.view(-1).view(torch.uint8), rows * cols
+        return b[:n].view(rows, cols), b[n : n + n // 32].view(rows, cols // 32)
+
+    return split(ws.y, t, h), split(ws.inter, slots, inter)
+
+
 def _packed(name: str, w: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if w.dtype not in (torch.int8, torch.uint8) or tuple(w.shape) != shape:
         raise ValueError(f"{name}: expected {list(shape)} int8/uint8 (packed E2M1), got {list(w.shape)} {w.dtype}")
@@ -831,6 +1000,7 @@ def fused_moe_mxfp4(
     routed_scaling_factor: float | None = None,
     out: torch.Tensor | None = None,
     workspace: MoeWorkspace | None = None,
+    act: str | None = None,
 ) -> torch.Tensor:
     """Routed MXFP4 experts, ``fused_marlin_moe`` semantics on unrepacked weights.
 
@@ -841,7 +1011,10 @@ def fused_moe_mxfp4(
     ``routed_scaling_factor``: None = not applied (Marlin MXFP4 convention). H and I must be multiples of 128.
     Pass ``out`` ``[T, H]`` bf16 and ``workspace`` (:func:`moe_mxfp4_workspace`) for CUDA-graph capture.
     Up to :func:`gemv_max_tokens` tokens: the GEMV path; above: the routed ``tl.dot`` path. Returns ``out``.
+    ``act`` (default: :func:`moe_act`): the routed path's activations, ``"bf16"`` (W4A16) or ``"mxfp8"`` (W4A8:
+    x and the SwiGLU output quantised to MXFP8, block-scaled FP8 MMA on SM12x); the GEMV path is always W4A16.
     """
+    act = moe_act(act)
     x = hidden_states
     if x.dim() != 2 or x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 16 or x.data_ptr() % 16:
         raise ValueError(
@@ -900,8 +1073,23 @@ def fused_moe_mxfp4(
     if t <= gemv_max_tokens(inter):
         _gemv(x, experts, topk_weights, topk_ids, out, ws.inter[:slots], limit, scale)
     else:
-        _routed(x, experts, topk_weights, topk_ids, out, ws, limit, scale)
+        _routed(x, experts, topk_weights, topk_ids, out, ws, limit, scale, act == "mxfp8")
     return out
+
+
+MOE_ACTS = ("bf16", "mxfp8")
+MOE_ACT_ENV = "SGLANG_SM120_MOE_ACT"
+
+
+def moe_act(act: str | None = None) -> str:
+    """The routed path's activation format: ``act``, else ``$SGLANG_SM120_MOE_ACT``, else ``"bf16"``. W4A8
+    (``"mxfp8"``) is opt-in until its block-scaled MMA path has been run on a GPU (its numerics are checked
+    against ``fused_moe_mxfp4_ref(act="mxfp8")``)."""
+    value = os.environ.get(MOE_ACT_ENV, "bf16") if act is None else act
+    if value not in MOE_ACTS:
+        source = "act" if act is not None else MOE_ACT_ENV
+        raise ValueError(f"{source}: expected one of {MOE_ACTS}, got {value!r}")
+    return value
 
 
 class _Experts(NamedTuple):
@@ -954,14 +1142,15 @@ def _routed(
     ws: MoeWorkspace,
     limit: float,
     scale: float,
+    act_fp8: bool,
 ) -> None:
-    """Prefill: route slots into per-expert ``BLOCK_M`` row blocks, grouped GEMM1 + SwiGLU, GEMM2, top-k sum."""
+    """Prefill: route slots into per-expert ``BLOCK_M`` row blocks, grouped GEMM1 + SwiGLU, GEMM2, top-k sum.
+    ``act_fp8``: x is first quantised to MXFP8 and GEMM1 stores MXFP8 (the byte views of :func:`_mx_buffers`)."""
     t, h = x.shape
     w13, s13, s13_fp32, w2, s2, s2_fp32 = ex
     e, inter, topk = w13.shape[0], w13.shape[1] // 2, ids.shape[1]
     slots = t * topk
-    tile = _routed_tile(slots, e)
-    bm, bn, bk, nw, ns = tile
+    bm, bn, bk, nw, ns = _routed_tile(slots, e, act_fp8)
     max_blocks = _max_blocks(slots, e, bm)
     grid = (triton.cdiv(slots, _SLOT_BLOCK),)
     c = _moe_count_kernel[grid](ids, ws.counts, ws.rank, slots, e, BLOCK=_SLOT_BLOCK, num_warps=4)
@@ -975,16 +1164,27 @@ def _routed(
     guard_compiled("moe_mxfp4.scatter", c)
 
     route = (ws.sorted_ids, ws.block_expert, ws.total)
-    h_out, y = ws.inter[:slots], ws.y[:slots]
-    for name, a, w, s, s_fp32, c_out, n, k, a_div, gated in (
-        ("gemm1", x, w13, s13, s13_fp32, h_out, inter, h, topk, True),
-        ("gemm2", h_out, w2, s2, s2_fp32, y, h, inter, 1, False),
-    ):
+    y = ws.y[:slots]
+    if act_fp8:
+        (xq, xs), (hq, hs) = _mx_buffers(ws, t, h, slots, inter)
+        qb = next(b for b in _QUANT_BLOCKS if h % b == 0)
+        c = _mxfp8_quant_kernel[(t, h // qb)](
+            x, xq, xs, x.stride(0), xq.stride(0), xs.stride(0), BLOCK=qb, UPCAST=_INTERPRET, num_warps=4, num_stages=1
+        )
+        guard_compiled("moe_mxfp4.mxfp8_quant", c)
+        steps = (("gemm1_w4a8", xq, xs, w13, s13, s13_fp32, hq, hs, inter, h, topk, True),
+                 ("gemm2_w4a8", hq, hs, w2, s2, s2_fp32, y, hs, h, inter, 1, False))  # fmt: skip
+    else:
+        h_out = ws.inter[:slots]
+        steps = (("gemm1", x, w13, w13, s13, s13_fp32, h_out, w13, inter, h, topk, True),
+                 ("gemm2", h_out, w2, w2, s2, s2_fp32, y, w2, h, inter, 1, False))  # fmt: skip
+    for name, a, a_s, w, s, s_fp32, c_out, c_s, n, k, a_div, gated in steps:
+        # bf16: a_s / c_s are unused stand-ins (uint8 tensors, as in the AOT signature)
         c = _moe_gemm_kernel[(triton.cdiv(n, bn), max_blocks)](
-            a, w, s, c_out, *route, n, k, slots, a_div, a.stride(0), w.stride(0), w.stride(1), s.stride(0),
-            s.stride(1), c_out.stride(0), limit,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GATED=gated, S_FP32=s_fp32, UPCAST=_INTERPRET, num_warps=nw,
-            num_stages=ns,
+            a, w, s, c_out, a_s, c_s, *route, n, k, slots, a_div, a.stride(0), w.stride(0), w.stride(1),
+            s.stride(0), s.stride(1), c_out.stride(0), a_s.stride(0), c_s.stride(0), limit,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GATED=gated, S_FP32=s_fp32, ACT_FP8=act_fp8, UPCAST=_INTERPRET,
+            num_warps=nw, num_stages=ns,
         )  # fmt: skip
         guard_compiled(f"moe_mxfp4.{name}", c)
     c = _moe_sum_kernel[(t, triton.cdiv(h, _SUM_BLOCK))](

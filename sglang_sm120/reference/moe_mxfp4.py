@@ -45,6 +45,29 @@ def quant_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, (exp + 127).to(torch.uint8)
 
 
+def quant_mxfp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MXFP8: x ``[..., K]`` float (K a multiple of 32) -> (e4m3 ``[..., K]``, UE8M0 ``[..., K/32]`` uint8).
+
+    Per 32 values: s = the smallest power of two with ``amax <= 448 * 2^(s - 127)``, from amax's bits (exponent
+    field E: ``s = E - 8``, plus 1 when its mantissa exceeds 0.75; clamped to 0..254, so an all-zero group gets
+    0); values ``x * 2^(127 - s)`` rounded to nearest even e4m3."""
+    g = x.float().unflatten(-1, (-1, 32))
+    bits = g.abs().amax(-1).view(torch.int32)
+    s = (((bits >> 23) & 0xFF) - 8 + ((bits & 0x7FFFFF) > 0x600000).int()).clamp(0, 254)
+    q = (g * torch.exp2((127 - s).float())[..., None]).to(torch.float8_e4m3fn).flatten(-2)
+    return q, s.to(torch.uint8)
+
+
+def dequant_mxfp8(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(e4m3 ``[..., K]``, UE8M0 ``[..., K/32]``) -> fp32 ``[..., K]``."""
+    return q.float() * scale_to_float(s).repeat_interleave(32, -1)
+
+
+def _act(x: torch.Tensor, act: str) -> torch.Tensor:
+    """fp32 activations as the GEMM sees them: as they are (``bf16``) or through MXFP8 (``mxfp8``)."""
+    return dequant_mxfp8(*quant_mxfp8(x)) if act == "mxfp8" else x
+
+
 def fused_moe_mxfp4_ref(
     hidden_states: torch.Tensor,
     w13: torch.Tensor,
@@ -55,12 +78,14 @@ def fused_moe_mxfp4_ref(
     topk_ids: torch.Tensor,
     swiglu_limit: float | None = None,
     routed_scaling_factor: float | None = None,
+    act: str = "bf16",
 ) -> torch.Tensor:
-    """Same arguments and result (``[T, H]`` bf16) as ``kernels.moe_mxfp4.fused_moe_mxfp4``."""
+    """Same arguments and result (``[T, H]`` bf16) as ``kernels.moe_mxfp4.fused_moe_mxfp4``. ``act="mxfp8"``
+    (W4A8): x and the SwiGLU output (not rounded to bf16) go through :func:`quant_mxfp8` before their GEMM."""
     t, h = hidden_states.shape
     e, inter = w13.shape[0], w13.shape[1] // 2
     limit = float("inf") if swiglu_limit is None else float(swiglu_limit)
-    x = hidden_states.float()
+    x = _act(hidden_states.float(), act)
     acc = torch.zeros(t, h, dtype=torch.float32, device=x.device)
     ids = topk_ids.long()
     for ex in torch.unique(ids).tolist():
@@ -70,7 +95,8 @@ def fused_moe_mxfp4_ref(
         gu = x[tok] @ dequant_mxfp4(w13[ex], w13_scale[ex]).t()
         g = gu[:, :inter].clamp(max=limit)
         u = gu[:, inter:].clamp(-limit, limit)
-        hid = (torch.nn.functional.silu(g) * u).bfloat16().float()
+        hid = torch.nn.functional.silu(g) * u
+        hid = dequant_mxfp8(*quant_mxfp8(hid)) if act == "mxfp8" else hid.bfloat16().float()
         y = (hid @ dequant_mxfp4(w2[ex], w2_scale[ex]).t()).bfloat16().float()
         acc.index_add_(0, tok, y * topk_weights[tok, k].float()[:, None])
     scale = 1.0 if routed_scaling_factor is None else routed_scaling_factor
