@@ -10,7 +10,10 @@ seeded dummy weights) runs in one child process per path, each building a ``Mode
 * ``native``: ``SGLANG_SM120=off`` (SGLang's SM90 kernels; FP4 experts dequantized to FP8 at load);
 * ``emulated``: ``SGLANG_SM120=emulate``, ``DISABLE_MMA_V3=1`` (our kernels with the SM12x instruction mix,
   ``mma.sync``; the headline);
-* ``emulated-wgmma``: ``SGLANG_SM120=emulate`` with Triton free to use wgmma on Hopper.
+* ``emulated-wgmma``: ``SGLANG_SM120=emulate`` with Triton free to use wgmma on Hopper;
+* ``emulated-w4a8`` (only when named in ``--configs``): ``emulated`` with ``SGLANG_SM120_MOE_ACT=mxfp8``, the
+  opt-in W4A8 MoE prefill path (``--check`` gives its model-level numerics; Hopper decomposes its block-scaled MMA,
+  so its times say nothing about SM12x).
 
 Per batch size: one warm-up round, then ``repeats`` rounds of a prefill (``input-len`` tokens per request)
 and ``decode-steps`` decode steps; the table shows medians in ms (host overhead included, as in
@@ -33,7 +36,8 @@ from sglang_sm120 import smoke
 
 TARGET = 1.25
 TOLERANCE = smoke.Tolerance()
-CONFIGS = (smoke.NATIVE, smoke.EMULATED, smoke.EMULATED_WGMMA)
+CONFIGS = (smoke.NATIVE, smoke.EMULATED, smoke.EMULATED_WGMMA, smoke.EMULATED_W4A8)
+DEFAULT_CONFIGS = (smoke.NATIVE, smoke.EMULATED, smoke.EMULATED_WGMMA)
 
 
 def _ratio(value: float | None, base: float | None) -> str:
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=540, help="seconds per child process")
-    ap.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS], default=[c.name for c in CONFIGS])
+    ap.add_argument("--configs", nargs="+", choices=[c.name for c in CONFIGS],
+                    default=[c.name for c in DEFAULT_CONFIGS])
     ap.add_argument("--check", action="store_true", help="also compare logits with native (in-process smoke)")
     ap.add_argument("--check-max-bs", type=int, default=4, help="--check: batch sizes 1..N (default 4)")
     ap.add_argument("--profile-top", type=int, default=0,

@@ -364,14 +364,17 @@ class PathConfig:
 
 COMMON_ENV = {"SGLANG_JIT_DEEPGEMM_PRECOMPILE": "0", "SGLANG_DSV4_FP4_EXPERTS": "1", "PYTHONUNBUFFERED": "1"}
 STRIPPED_ENV = ("DISABLE_MMA_V3", "SGLANG_SM120", "SGLANG_SM120_POISON", "SGLANG_SM120_ASSUME_GPUS",
-                "SGLANG_DSV4_FP4_DEQUANT", SEED_ENV, REPORT_ENV)
+                "SGLANG_SM120_MOE_ACT", "SGLANG_DSV4_FP4_DEQUANT", SEED_ENV, REPORT_ENV)
 NATIVE = PathConfig("native", {"SGLANG_SM120": "off", "SGLANG_DSV4_FP4_DEQUANT": "1"}, False,
                     "SGLang's SM90 path; FP4 experts dequantized to FP8 at load (Triton FP8 MoE)")
 EMULATED = PathConfig("emulated", {"SGLANG_SM120": "emulate", "SGLANG_SM120_POISON": "1", "DISABLE_MMA_V3": "1"},
                       True, "plugin path as on SM12x (mma.sync only)")
 EMULATED_WGMMA = PathConfig("emulated-wgmma", {"SGLANG_SM120": "emulate", "SGLANG_SM120_POISON": "1"}, True,
                             "plugin path, Triton free to use wgmma on this Hopper GPU")
-PATHS = {p.name: p for p in (NATIVE, EMULATED, EMULATED_WGMMA)}
+EMULATED_W4A8 = PathConfig("emulated-w4a8", {**EMULATED.env, "SGLANG_SM120_MOE_ACT": "mxfp8"}, True,
+                           "as emulated, with the opt-in W4A8 MoE prefill path (on Hopper Triton decomposes its "
+                           "block-scaled MMA: numerics, not SM12x speed)")
+PATHS = {p.name: p for p in (NATIVE, EMULATED, EMULATED_WGMMA, EMULATED_W4A8)}
 
 
 def path_server_args(path: PathConfig, release: str | None) -> list[str]:

@@ -430,3 +430,12 @@ def test_saved_result_reused_only_for_identical_settings(tmp_path) -> None:
     torch.save({"bench": {1: {"prefill_ms": 1.0}}}, full["out"])
     assert smoke.saved_result(smoke.NATIVE, spec, tmp_path)["bench"][1]["prefill_ms"] == 1.0
     assert smoke.saved_result(smoke.NATIVE, {**spec, "seed": 1}, tmp_path) is None
+
+
+def test_child_env_sets_only_its_paths_moe_activation(monkeypatch) -> None:
+    """A user's SGLANG_SM120_MOE_ACT never leaks into a child: only ``emulated-w4a8`` sets it."""
+    monkeypatch.setenv("SGLANG_SM120_MOE_ACT", "mxfp8")
+    assert "SGLANG_SM120_MOE_ACT" not in smoke.child_env(smoke.EMULATED)
+    w4a8 = smoke.child_env(smoke.EMULATED_W4A8)
+    assert w4a8["SGLANG_SM120_MOE_ACT"] == "mxfp8" and w4a8["DISABLE_MMA_V3"] == "1"
+    assert w4a8["SGLANG_SM120"] == "emulate"
