@@ -413,6 +413,10 @@ def result_path(workdir: Path, job: str, path: PathConfig) -> Path:
     return workdir / f"{job}-{path.name}.pt"
 
 
+def spec_path(workdir: Path, job: str, path: PathConfig) -> Path:
+    return workdir / f"{job}-{path.name}.json"
+
+
 def _child_spec(path: PathConfig, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {**spec, "label": path.name, "out": str(result_path(workdir, spec["job"], path)),
             "server_args": [*spec["server_args"], *path_server_args(path, installed_sglang())]}
@@ -424,7 +428,7 @@ def saved_result(path: PathConfig, spec: dict[str, Any], workdir: Path) -> dict[
     import torch
 
     full = _child_spec(path, spec, workdir)
-    spec_file = workdir / f"{spec['job']}-{path.name}.json"
+    spec_file = spec_path(workdir, spec["job"], path)
     if not (spec_file.is_file() and Path(full["out"]).is_file()):
         return None
     if json.loads(spec_file.read_text()) != json.loads(json.dumps(full)):
@@ -439,7 +443,7 @@ def run_child(path: PathConfig, spec: dict[str, Any], workdir: Path, timeout: fl
     import torch
 
     spec = _child_spec(path, spec, workdir)
-    spec_file = workdir / f"{spec['job']}-{path.name}.json"
+    spec_file = spec_path(workdir, spec["job"], path)
     spec_file.write_text(json.dumps(spec))
     Path(spec["out"]).unlink(missing_ok=True)
     env = child_env(path)

@@ -196,15 +196,21 @@ def _per_16_bytes(x, KH: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _ue8m0(s, S_FP32: tl.constexpr):
+    """Scales as loaded (fp32 powers of two when S_FP32, else UE8M0 bytes) -> their UE8M0 exponent byte, int32:
+    an exact fp32 power of two's exponent field is that byte."""
+    if S_FP32:
+        return (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    return s.to(tl.int32)
+
+
+@triton.jit
 def _scales_big(s_ptrs, K, BLOCK_K: tl.constexpr, S_FP32: tl.constexpr):
     """Whether any scale in ``s_ptrs`` ``[BLOCK_K/32, BLOCK_N]`` + k blocks up to K exceeds 128 (|W| > 12): one
     pass over the scales (1/16 of the weight bytes) so the main loop branches on a uniform scalar."""
     s_max = tl.zeros(s_ptrs.shape, dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
-        s = tl.load(s_ptrs + k0 // 32)
-        if S_FP32:
-            s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
-        s_max = tl.maximum(s_max, s.to(tl.int32))
+        s_max = tl.maximum(s_max, _ue8m0(tl.load(s_ptrs + k0 // 32), S_FP32))
     return tl.max(tl.max(s_max, 1), 0) > 128
 
 
@@ -220,10 +226,7 @@ def _fp4_dot(acc, a_ev, a_od, w_ptrs, s_ptrs, big, S_FP32: tl.constexpr, UPCAST:
     BN: tl.constexpr = w_ptrs.shape[1]
     q = tl.load(w_ptrs)
     s = tl.load(s_ptrs)
-    if S_FP32:  # an exact power of two: its exponent field is the UE8M0 byte
-        s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    else:
-        s = s.to(tl.int32)
+    s = _ue8m0(s, S_FP32)
     e1 = _per_16_bytes(tl.minimum(s, 128) - 1, KH, BN)
     if UPCAST:  # interpreter: no inline PTX, its bf16 dot is wrong and its bf16 casts lose subnormals: the same
         qi = q.to(tl.int32)  # bf16 patterns as fp32 (bits << 16), the same multipliers in fp32
@@ -333,10 +336,7 @@ def _mx_dot(acc, a_ptrs, as_ptrs, w_ptrs, s_ptrs, S_FP32: tl.constexpr, UPCAST: 
     sa = tl.load(as_ptrs)
     w = _e2m1_e4m3(tl.load(w_ptrs), UPCAST)
     s = tl.load(s_ptrs)
-    if S_FP32:  # an exact power of two: its exponent field is the UE8M0 byte
-        s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    else:
-        s = s.to(tl.int32)
+    s = _ue8m0(s, S_FP32)
     sw = tl.minimum(s + 6, 254)
     if UPCAST:  # interpreter: no dot_scaled there
         af = tl.reshape(a.to(tl.float32), (BM, G, 32)) * _pow2_f32(tl.maximum(sa.to(tl.int32) - 127, -126))[:, :, None]
@@ -507,10 +507,7 @@ def _fp4_gemv(a_ptr, w_ptrs, s_ptrs, K, BLOCK_K: tl.constexpr, S_FP32: tl.conste
         else:
             w = tl.reshape(tl.load(w_ptrs), (R, G, 4))
         s = tl.reshape(tl.load(s_ptrs), (R, G, 1))
-        if S_FP32:  # an exact power of two: its exponent field is the UE8M0 byte
-            s = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
-        else:
-            s = s.to(tl.int32)
+        s = _ue8m0(s, S_FP32)
         s = ((s + 62) << 23).to(tl.float32, bitcast=True)  # 2^(s - 65)
         a = tl.load(a_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32) * _ACT_SCALE
         a_ev, a_od = tl.split(tl.reshape(a, (G, 4, 2, 2, 2)))  # k % 8 = 4 b2 + 2 b1 + b0: split b0, b1

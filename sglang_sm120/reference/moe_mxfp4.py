@@ -63,9 +63,9 @@ def dequant_mxfp8(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return q.float() * scale_to_float(s).repeat_interleave(32, -1)
 
 
-def _act(x: torch.Tensor, act: str) -> torch.Tensor:
-    """fp32 activations as the GEMM sees them: as they are (``bf16``) or through MXFP8 (``mxfp8``)."""
-    return dequant_mxfp8(*quant_mxfp8(x)) if act == "mxfp8" else x
+def _through_mxfp8(x: torch.Tensor) -> torch.Tensor:
+    """fp32 values as a W4A8 GEMM sees them: quantised to MXFP8 and back."""
+    return dequant_mxfp8(*quant_mxfp8(x))
 
 
 def fused_moe_mxfp4_ref(
@@ -85,7 +85,9 @@ def fused_moe_mxfp4_ref(
     t, h = hidden_states.shape
     e, inter = w13.shape[0], w13.shape[1] // 2
     limit = float("inf") if swiglu_limit is None else float(swiglu_limit)
-    x = _act(hidden_states.float(), act)
+    x = hidden_states.float()
+    if act == "mxfp8":
+        x = _through_mxfp8(x)
     acc = torch.zeros(t, h, dtype=torch.float32, device=x.device)
     ids = topk_ids.long()
     for ex in torch.unique(ids).tolist():
@@ -96,7 +98,7 @@ def fused_moe_mxfp4_ref(
         g = gu[:, :inter].clamp(max=limit)
         u = gu[:, inter:].clamp(-limit, limit)
         hid = torch.nn.functional.silu(g) * u
-        hid = dequant_mxfp8(*quant_mxfp8(hid)) if act == "mxfp8" else hid.bfloat16().float()
+        hid = _through_mxfp8(hid) if act == "mxfp8" else hid.bfloat16().float()
         y = (hid @ dequant_mxfp4(w2[ex], w2_scale[ex]).t()).bfloat16().float()
         acc.index_add_(0, tok, y * topk_weights[tok, k].float()[:, None])
     scale = 1.0 if routed_scaling_factor is None else routed_scaling_factor
