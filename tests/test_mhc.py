@@ -156,7 +156,7 @@ def test_mhc_pre_chunked_finalize():
     r = _residual(num_tokens, hidden)
     kw = dict(norm_weight=weight, norm_eps=EPS)
     plan = kern._plan("pre", num_tokens)
-    assert plan.fused and kern._fin_block_h(hidden, plan.block_t, plan.warps) < hidden
+    assert plan.fused and kern._fin_block_h(hidden, plan.warps) < hidden
     out = kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
     _check_pre(out, ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw))
 

@@ -38,7 +38,8 @@ N_MIX = (2 + HC_MULT) * HC_MULT  # 24
 _BLOCK_N = 32
 _MAX_SPLITS = 128
 SUPPORTED_HIDDEN = (4096,)  # DSV4-Flash; the kernels take hidden as a constexpr on the GPU
-_FINALIZE_WARPS = 8
+# ``_mhc_finalize_kernel`` tile: (tokens per program, warps).
+FIN_TILE = (1, 8)
 DOT_FMA, DOT_TF32 = 0, 1
 
 
@@ -71,11 +72,11 @@ def _column(x, cols, k):
 
 @triton.jit
 def _weighted_sum(rp, mask, p0, p1, p2, p3, H: tl.constexpr):
-    """``sum_i p_i[:, None] * R[:, i, h]`` in fp32 for row pointers ``rp`` (stream 0) ``[BLOCK_T, BH]``."""
-    out = p0[:, None] * tl.load(rp, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    out += p1[:, None] * tl.load(rp + H, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    out += p2[:, None] * tl.load(rp + 2 * H, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    out += p3[:, None] * tl.load(rp + 3 * H, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    """``sum_i p_i * R[i, h]`` in fp32 for the pointers ``rp`` ``[BH]`` into stream 0 of one token."""
+    out = p0 * tl.load(rp, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    out += p1 * tl.load(rp + H, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    out += p2 * tl.load(rp + 2 * H, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    out += p3 * tl.load(rp + 3 * H, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
     return out
 
 
@@ -107,7 +108,9 @@ def _finalize_tokens(
     HAS_NORM: tl.constexpr,
 ):
     """Finalize tokens ``[t0, t0 + BLOCK_T)``.  The 4x4 Sinkhorn runs on 16 ``[BLOCK_T]`` vectors, so
-    its 20 iterations are per-thread arithmetic (no cross-thread reductions)."""
+    its 20 iterations are per-thread arithmetic (no cross-thread reductions), shared by ``BLOCK_T`` tokens
+    (at one token per program every thread repeats it); ``layer_input`` then goes row by row in
+    ``BLOCK_H`` chunks."""
     tl.static_assert(HC == 4, "the Sinkhorn is unrolled for hc_mult == 4")
     NM: tl.constexpr = (2 + HC) * HC
     NP: tl.constexpr = 32
@@ -190,35 +193,43 @@ def _finalize_tokens(
     tl.store(cb + 14, c32, mask=mask_t)
     tl.store(cb + 15, c33, mask=mask_t)
 
-    # layer_input; SGLang's fused norm takes the RMS of the fp32 sum and applies it to its bf16 rounding.
-    rrow = res_ptr + t64[:, None] * (HC * H)
-    yrow = y_ptr + t64[:, None] * H
+    # layer_input, one token at a time (the coefficients above are vectors over the block's tokens); SGLang's
+    # fused norm takes the RMS of the fp32 sum and applies it to its bf16 rounding.
     offs_h = tl.arange(0, BLOCK_H)
-    if BLOCK_H >= H:  # whole rows in registers: one pass
-        mask = mask_t[:, None] & (offs_h < H)[None, :]
-        out = _weighted_sum(rrow + offs_h[None, :], mask, p0, p1, p2, p3, H)
-        if HAS_NORM:
-            rs = tl.rsqrt(tl.sum(out * out, axis=1) / H + norm_eps)
-            w = tl.load(w_ptr + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
-            out = out.to(tl.bfloat16).to(tl.float32) * rs[:, None] * w[None, :]
-        tl.store(yrow + offs_h[None, :], out.to(tl.bfloat16), mask=mask)
-    else:  # chunks; with the norm, a second pass rescales the bf16 sums just written
-        ss = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            hh = h0 + offs_h
-            mask = mask_t[:, None] & (hh < H)[None, :]
-            out = _weighted_sum(rrow + hh[None, :], mask, p0, p1, p2, p3, H)
-            tl.store(yrow + hh[None, :], out.to(tl.bfloat16), mask=mask)
-            ss += tl.sum(out * out, axis=1)
-        if HAS_NORM:
-            rs = tl.rsqrt(ss / H + norm_eps)
-            tl.debug_barrier()
+    for i in range(BLOCK_T):
+        sel = tl.arange(0, BLOCK_T) == i
+        q0 = tl.sum(tl.where(sel, p0, 0.0))
+        q1 = tl.sum(tl.where(sel, p1, 0.0))
+        q2 = tl.sum(tl.where(sel, p2, 0.0))
+        q3 = tl.sum(tl.where(sel, p3, 0.0))
+        ok = t0 + i < T
+        rrow = res_ptr + (t0 + i).to(tl.int64) * (HC * H)
+        yrow = y_ptr + (t0 + i).to(tl.int64) * H
+        if BLOCK_H >= H:  # the whole row in registers: one pass
+            mask = ok & (offs_h < H)
+            out = _weighted_sum(rrow + offs_h, mask, q0, q1, q2, q3, H)
+            if HAS_NORM:
+                rs = tl.rsqrt(tl.sum(out * out) / H + norm_eps)
+                w = tl.load(w_ptr + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
+                out = out.to(tl.bfloat16).to(tl.float32) * rs * w
+            tl.store(yrow + offs_h, out.to(tl.bfloat16), mask=mask)
+        else:  # chunks; with the norm, a second pass rescales the bf16 sums just written
+            ss = 0.0
             for h0 in range(0, H, BLOCK_H):
                 hh = h0 + offs_h
-                mask = mask_t[:, None] & (hh < H)[None, :]
-                yv = tl.load(yrow + hh[None, :], mask=mask, other=0.0).to(tl.float32)
-                w = tl.load(w_ptr + hh, mask=hh < H, other=0.0).to(tl.float32)
-                tl.store(yrow + hh[None, :], (yv * rs[:, None] * w[None, :]).to(tl.bfloat16), mask=mask)
+                mask = ok & (hh < H)
+                out = _weighted_sum(rrow + hh, mask, q0, q1, q2, q3, H)
+                tl.store(yrow + hh, out.to(tl.bfloat16), mask=mask)
+                ss += tl.sum(out * out)
+            if HAS_NORM:
+                rs = tl.rsqrt(ss / H + norm_eps)
+                tl.debug_barrier()
+                for h0 in range(0, H, BLOCK_H):
+                    hh = h0 + offs_h
+                    mask = ok & (hh < H)
+                    yv = tl.load(yrow + hh, mask=mask, other=0.0).to(tl.float32)
+                    w = tl.load(w_ptr + hh, mask=hh < H, other=0.0).to(tl.float32)
+                    tl.store(yrow + hh, (yv * rs * w).to(tl.bfloat16), mask=mask)
 
 
 @triton.jit
@@ -413,10 +424,10 @@ def _plan(op: str, num_tokens: int) -> Plan:
     return next(plan for limit, plan in PLANS[op] if limit is None or num_tokens <= limit)
 
 
-def _fin_block_h(hidden: int, block_t: int, warps: int) -> int:
-    """Finalize chunk along H: ``16 * 32 * warps`` elements per ``[block_t, chunk]`` tile (whole rows for
-    one token and 8 warps), so the four stream loads of a chunk fit the registers without vectors."""
-    return min(triton.next_power_of_2(hidden), max(16, 512 * warps // block_t))
+def _fin_block_h(hidden: int, warps: int) -> int:
+    """Finalize chunk along H: ``16 * 32 * warps`` elements of a row (whole rows on 8 warps), so the four
+    stream loads of a chunk fit the registers without vectors."""
+    return min(triton.next_power_of_2(hidden), 512 * warps)
 
 
 def _fin_block_s(block_t: int) -> int:
@@ -449,8 +460,14 @@ def _stream_constexprs(op: str, plan: Plan, hidden: int, finalize: bool, has_nor
         "H": hidden, "HC": HC_MULT, "BLOCK_T": plan.block_t, "BLOCK_H": plan.block_h, "BLOCK_N": _BLOCK_N,
         "DO_POST": op != "pre", "DO_MIX": op != "post", "DOT": plan.dot, "FINALIZE": finalize,
         "HAS_NORM": has_norm, "FIN_BLOCK_S": _fin_block_s(plan.block_t),
-        "FIN_BLOCK_H": _fin_block_h(hidden, plan.block_t, plan.warps),
+        "FIN_BLOCK_H": _fin_block_h(hidden, plan.warps),
     }  # fmt: skip
+
+
+def _fin_constexprs(hidden: int, tile: tuple[int, int], has_norm: bool) -> dict:
+    block_t, warps = tile
+    return {"H": hidden, "HC": HC_MULT, "BLOCK_T": block_t, "BLOCK_S": _fin_block_s(block_t),
+            "BLOCK_H": _fin_block_h(hidden, warps), "HAS_NORM": has_norm}  # fmt: skip
 
 
 def _stream_aot_configs(op: str) -> list[AotConfig]:
@@ -478,9 +495,7 @@ register_aot(
         "sinkhorn_eps": "fp32", "post_mult": "fp32", "norm_eps": "fp32",
     },
     configs=[
-        AotConfig({"H": hidden, "HC": HC_MULT, "BLOCK_T": 1, "BLOCK_S": _fin_block_s(1),
-                   "BLOCK_H": _fin_block_h(hidden, 1, _FINALIZE_WARPS), "HAS_NORM": norm},
-                  num_warps=_FINALIZE_WARPS, num_stages=1)
+        AotConfig(_fin_constexprs(hidden, FIN_TILE, norm), num_warps=FIN_TILE[1], num_stages=1)
         for hidden in SUPPORTED_HIDDEN
         for norm in (False, True)
     ],
@@ -603,12 +618,11 @@ def _launch_stream(
 
 def _finalize(mix: torch.Tensor, sq: torch.Tensor, residual: torch.Tensor, fin: _Finalize) -> None:
     num_tokens, hc, hidden = residual.shape
-    compiled = _mhc_finalize_kernel[(num_tokens,)](
+    compiled = _mhc_finalize_kernel[(triton.cdiv(num_tokens, FIN_TILE[0]),)](
         mix, sq, fin.hc_scale, fin.hc_base, residual,
         fin.norm_weight if fin.norm_weight is not None else residual, fin.post, fin.comb, fin.y,
         num_tokens, mix.shape[0], *fin.scalars,
-        H=hidden, HC=hc, BLOCK_T=1, BLOCK_S=_fin_block_s(1), BLOCK_H=_fin_block_h(hidden, 1, _FINALIZE_WARPS),
-        HAS_NORM=fin.norm_weight is not None, num_warps=_FINALIZE_WARPS, num_stages=1,
+        **_fin_constexprs(hidden, FIN_TILE, fin.norm_weight is not None), num_warps=FIN_TILE[1], num_stages=1,
     )  # fmt: skip
     guard_compiled("mhc.finalize", compiled)
 
