@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from bench_mhc import HBM_PEAK_GBS, _bytes, _call, _inputs
 
 DEFAULT_FIN = "t1w8,t4w8,t8w8,t16w8,t32w8,t16w4,t16w16"
-DEFAULT_PLANS = "t16h64w4s2,t32h32w8s2,t64h32w8s2,t64h64w8s2,t128h32w8s2,t128h16w8s2,t128h32w8s3,t256h16w8s2,t64h32w4s3"
+DEFAULT_PLANS = "t16h64w4s2,t32h32w8s2,t64h32w8s2,t64h16w8s2,t128h32w8s2,t128h16w8s2,t256h16w8s2,t64h32w4s3"
 OP_NAMES = {"pre": "mhc_pre", "fused": "mhc_fused_post_pre"}
 
 

@@ -411,10 +411,13 @@ class Plan:
 # * post: one token x 512 hidden per program is best or within 1 % at every T (1.4 us at T = 1, 107 us at
 #   T = 4096).
 # In-kernel finalize of multi-token blocks spilled in the ``noalign`` build, so only the FMA plan fuses it.
+# * Session 7 (`scripts/tune_mhc.py`, stream kernel alone): above T = 1024, 128-token blocks read the fn tile once
+#   per 128 tokens: pre 87 vs 117 us (64-token blocks) at T = 4096.  Fused: 64 x 32 (289 us) and 128 x 16 (272 us)
+#   tiles beat 32 x 32 (501 us) but spill in the noalign build; 64 x 16 does not (untimed).
 _FMA_T1 = Plan(1, 32, 4, 1, DOT_FMA, fused=True)
 _PRE_T16, _PRE_T64 = Plan(16, 64, 4, 2), Plan(64, 32, 8, 2)
 PLANS: dict[str, tuple[tuple[int | None, Plan], ...]] = {
-    "pre": ((2, _FMA_T1), (16, _PRE_T16), (64, _PRE_T64), (1024, _PRE_T16), (None, _PRE_T64)),
+    "pre": ((2, _FMA_T1), (16, _PRE_T16), (64, _PRE_T64), (1024, _PRE_T16), (None, Plan(128, 32, 8, 2))),
     "fused": ((2, _FMA_T1), (1024, Plan(16, 32, 8, 2)), (None, Plan(32, 32, 8, 2))),
     "post": ((None, Plan(1, 512, 4, 1, waves=0)),),
 }
