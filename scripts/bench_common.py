@@ -12,12 +12,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 
-def run_child(script: str, child_flag: str, args: list[str], *, disable_mma_v3: bool,
-              env: dict[str, str] | None = None) -> Any:
+def run_child(
+    script: str, child_flag: str, args: list[str], *, disable_mma_v3: bool, env: dict[str, str] | None = None
+) -> Any:
     """Run ``python script child_flag FILE *args`` with ``DISABLE_MMA_V3=1`` or unset; return FILE's JSON."""
     child_env = {k: v for k, v in os.environ.items() if k != "DISABLE_MMA_V3"}
     if disable_mma_v3:
@@ -38,3 +40,28 @@ def try_baseline(name: str, make: Callable[[], Callable[[], Any]]) -> tuple[Call
         return fn, ""
     except Exception as e:  # noqa: BLE001 - report any failure as unavailable
         return None, f"{name} unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+
+def add_sweep_args(ap) -> None:
+    """The ``--jobs`` / ``--out`` options every tile sweep takes."""
+    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="parallel AOT compiles")
+    ap.add_argument("--out", default=None, help="save the markdown table here")
+
+
+def run_gates(
+    gate: Callable[..., tuple[bool, str]], keys: Sequence[tuple], jobs: int, name: Callable[[tuple], str] = " ".join
+) -> dict[Hashable, tuple[bool, str]]:
+    """``{key: gate(*key)}`` (``(passes, why)``) compiled in ``jobs`` processes; each verdict printed to stderr."""
+    with ProcessPoolExecutor(jobs) as ex:
+        gates = dict(zip(keys, ex.map(gate, *zip(*keys))))
+    for key, (ok, why) in gates.items():
+        print(f"AOT {name(key)}: {'ok' if ok else 'FAILS'} ({why})", file=sys.stderr, flush=True)
+    return gates
+
+
+def emit_table(table: str, out: str | None) -> None:
+    """Print the markdown ``table``; with ``out`` also save it there."""
+    print(table, flush=True)
+    if out:
+        with open(out, "w") as f:
+            f.write(table + "\n")

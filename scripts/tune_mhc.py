@@ -19,8 +19,8 @@ import functools
 import os
 import re
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
+from bench_common import add_sweep_args, emit_table, run_gates
 from bench_mhc import HBM_PEAK_GBS, _bytes, _call, _inputs
 
 DEFAULT_FIN = "t1w8,t4w8,t8w8,t16w8,t32w8,t16w4,t16w16"
@@ -192,8 +192,7 @@ def main() -> None:
     ap.add_argument("--tokens", default="512,4096")
     ap.add_argument("--plans", default=DEFAULT_PLANS)
     ap.add_argument("--fin", default=DEFAULT_FIN, help="finalize tiles t<BLOCK_T>w<WARPS> ('' to skip)")
-    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="parallel AOT compiles")
-    ap.add_argument("--out", default=None, help="save the markdown table here")
+    add_sweep_args(ap)
     args = ap.parse_args()
     ops = args.ops.split(",")
     if bad := [op for op in ops if op not in OP_NAMES]:
@@ -206,10 +205,7 @@ def main() -> None:
         parse_fin(f)
     tokens = [int(v) for v in args.tokens.split(",")]
     keys = [(op, p) for op in ops for p in plans] + [("finalize", f) for f in fins]
-    with ProcessPoolExecutor(args.jobs) as ex:
-        gates = dict(zip(keys, ex.map(aot_gate, *zip(*keys))))
-    for (op, p), (ok, why) in gates.items():
-        print(f"AOT {op} {p}: {'ok' if ok else 'FAILS'} ({why})", file=sys.stderr, flush=True)
+    gates = run_gates(aot_gate, keys, args.jobs)
     res = {}
     for op in ops:
         passing = [p for p in plans if gates[(op, p)][0]]
@@ -218,10 +214,7 @@ def main() -> None:
     if fins:
         passing = [f for f in fins if gates[("finalize", f)][0]]
         table += "\n" + render_fin(fins, time_fin(passing, tokens), tokens)
-    print(table, flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":

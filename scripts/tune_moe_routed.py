@@ -18,8 +18,8 @@ import argparse
 import functools
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
+from bench_common import add_sweep_args, emit_table, run_gates
 from bench_moe_gemm import MOE_E, MOE_H, MOE_I, MOE_LIMIT, MOE_TOPK, _bench_calls, _moe_routing, _moe_weights
 
 # The shipped tiles plus variants with fewer registers (more CTAs per SM) or wider N / K, each 0-spill on sm_120a in
@@ -95,8 +95,9 @@ def time_tiles(tiles: list[Tile], tps: list[int], tokens: list[int], act: str) -
     return res
 
 
-def render(tiles: list[Tile], gates: dict[Tile, str], res: dict, tps: list[int], tokens: list[int],
-           act: str = "bf16") -> str:
+def render(
+    tiles: list[Tile], gates: dict[Tile, str], res: dict, tps: list[int], tokens: list[int], act: str = "bf16"
+) -> str:
     from sglang_sm120.kernels import moe_mxfp4
 
     lines = [
@@ -130,8 +131,7 @@ def main() -> None:
     ap.add_argument("--tokens", default="256,1024,4096,8192")
     ap.add_argument("--tiles", default=DEFAULT_TILES)
     ap.add_argument("--act", choices=("bf16", "mxfp8"), default="bf16", help="routed-path activations")
-    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="parallel AOT compiles")
-    ap.add_argument("--out", default=None, help="save the markdown table here")
+    add_sweep_args(ap)
     args = ap.parse_args()
     tiles = [parse_tile(s) for s in args.tiles.split(",")]
     from sglang_sm120.kernels.moe_mxfp4 import _BLOCK_MS
@@ -140,17 +140,12 @@ def main() -> None:
         ap.error(f"BLOCK_M of {', '.join(bad)} not in {_BLOCK_MS} (the workspace is sized for those)")
     tps = [int(v) for v in args.tp.split(",")]
     tokens = [int(v) for v in args.tokens.split(",")]
-    with ProcessPoolExecutor(args.jobs) as ex:
-        gates = dict(zip(tiles, ex.map(aot_gate, tiles, [args.act] * len(tiles))))
-    for tile, (ok, why) in gates.items():
-        print(f"AOT {tile_name(tile)}: {'ok' if ok else 'FAILS'} ({why})", file=sys.stderr, flush=True)
+    checked = run_gates(aot_gate, [(t, args.act) for t in tiles], args.jobs, lambda key: tile_name(key[0]))
+    gates = {tile: checked[(tile, args.act)] for tile in tiles}
     passing = [t for t in tiles if gates[t][0]]
     res = time_tiles(passing, tps, tokens, args.act)
     table = render(tiles, {t: why for t, (_, why) in gates.items()}, res, tps, tokens, args.act)
-    print(table, flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":
