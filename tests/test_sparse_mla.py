@@ -285,6 +285,73 @@ def test_bad_inputs():
         K.flash_mla_with_kvcache(q=q.unsqueeze(1), k_cache=cache, head_dim_v=512, indices=idx)
 
 
+# --------------------------------------------------------------------------- flat bf16 KV (prefill layout)
+
+
+def _bf16_case(t, h, n, k, seed=0, device="cpu"):
+    """Rows ``kv [n, 1, 512]`` bf16, indices with -1 slots, duplicates, a truncated length and an all-invalid row."""
+    g = torch.Generator().manual_seed(seed)
+    kv = (torch.randn(n, 1, 512, generator=g) * 2).bfloat16()
+    q = torch.randn(t, h, 512, generator=g).bfloat16()
+    idx = torch.randint(0, n, (t, k), generator=g, dtype=torch.int32)
+    idx[0, 1] = idx[0, 0]  # duplicate
+    idx[:, -3:] = -1
+    idx[-1] = -1  # no valid candidate
+    ln = torch.full((t,), k, dtype=torch.int32)
+    ln[1 % t] = k // 3  # truncation
+    sink = torch.randn(h, generator=g)
+    return [x.to(device) for x in (q, kv, idx, ln, sink)]
+
+
+def _run_bf16(q, kv, idx, ln, sink):
+    out = torch.empty(*q.shape, dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    K.sparse_mla_bf16_fwd(q, kv, idx, ln, sink, out, lse)
+    return out, lse
+
+
+@pytest.mark.parametrize("t, h, k, with_len, with_sink", [(4, 16, 40, True, True), (3, 8, 33, False, False)])
+def test_bf16_kernel_vs_reference(t, h, k, with_len, with_sink):
+    q, kv, idx, ln, sink = _bf16_case(t, h, 50, k)
+    ln, sink = (ln if with_len else None), (sink if with_sink else None)
+    out, lse = _run_bf16(q, kv, idx, ln, sink)
+    _check(out, lse, *R.sparse_mla_bf16_ref(q, kv, idx, ln, sink))
+    assert torch.isinf(lse[-1]).all() and (out[-1] == 0).all()
+
+
+def test_bf16_reference_is_the_fp8_one_on_dequantised_rows():
+    """Prefill's bf16 workspace holds the fp8 cache dequantised: both references then agree exactly."""
+    q, cache, idx, _, _, sink = _case(3, 8, 4, 5, 12)
+    ln = torch.tensor([12, 5, 0], dtype=torch.int32)
+    rows = R.dequant_kv(cache, torch.arange(20)).bfloat16()
+    got = R.sparse_mla_bf16_ref(q, rows.view(20, 1, 512), idx, ln, sink)
+    want = R.sparse_mla_ref(q, cache, idx, ln, sink)
+    torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)
+
+
+def test_bf16_bad_inputs():
+    q, kv, idx, ln, sink = _bf16_case(2, 8, 10, 6)
+    out = torch.empty(2, 8, 512, dtype=torch.bfloat16)
+    lse = torch.empty(2, 8)
+    args = [q, kv, idx, ln, sink, out, lse]
+
+    def bad(pos, value, match):
+        a = list(args)
+        a[pos] = value
+        with pytest.raises(ValueError, match=match):
+            K.sparse_mla_bf16_fwd(*a)
+
+    bad(0, q.float(), r"q: expected bf16 \[T, H, 512\]")
+    bad(1, kv.float(), r"kv: expected bf16 \[N, 1, 512\]")
+    bad(1, torch.zeros(10, 513, dtype=torch.bfloat16)[:, :512], "kv: expected .* 16-byte aligned")
+    bad(1, torch.zeros(10 * 512 + 1, dtype=torch.bfloat16)[1:].view(10, 512), "kv: expected .* 16-byte aligned")
+    bad(2, idx[:, None], r"indices: expected int32 \[2, topk\]")
+    bad(3, ln[:1], r"topk_length: expected int32 \[2\]")
+    bad(4, sink[:4], r"attn_sink: expected fp32 \[8\]")
+    bad(6, lse[:1], r"lse: expected fp32 \[2, 8\]")
+
+
 # --------------------------------------------------------------------------- GPU (DSV4 shapes)
 
 SWA_P, C4_P, C128_P = 256, 64, 2
@@ -377,6 +444,25 @@ def test_gpu_prefill(h, layer, topk):
     case = _dsv4_case(2048, h, layer, topk, seed=11)
     out, lse = _run(*case, splits=1)
     _check(out, lse, *_ref_chunked(*case))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h, k", [(64, 640), (32, 192), (16, 128)])
+def test_gpu_bf16_prefill(h, k):
+    """The flat bf16 workspace at DSV4 shapes: 2048 rows, SWA 128 + compressed top-k candidates."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    n = 4096
+    kv = torch.randn(n, 1, 512, device="cuda", generator=g).bfloat16()
+    q = torch.randn(2048, h, 512, device="cuda", generator=g).bfloat16()
+    idx = torch.randint(0, n, (2048, k), device="cuda", generator=g, dtype=torch.int32)
+    idx[::7, -5:] = -1
+    idx[5] = -1
+    ln = torch.randint(1, k + 1, (2048,), device="cuda", generator=g, dtype=torch.int32)
+    sink = torch.randn(h, device="cuda", generator=g)
+    out, lse = _run_bf16(q, kv, idx, ln, sink)
+    ref = [torch.cat(x) for x in zip(*(R.sparse_mla_bf16_ref(q[i : i + 256], kv, idx[i : i + 256], ln[i : i + 256],
+                                                               sink) for i in range(0, 2048, 256)))]  # fmt: skip
+    _check(out, lse, *ref)
 
 
 @pytest.mark.gpu

@@ -81,13 +81,16 @@ def _gather_block(
     second,
     slot,
     NC: tl.constexpr,
+    KV_BF16: tl.constexpr,
 ):
     """Raw bytes of the candidates ``slot [BLOCK_N]`` (-1 = invalid, not read) of one cache (extra when
     ``second``).  The 512 columns are ``NC`` chunks of ``DC = 512 // NC`` (``DC <= 64``: one UE8M0
     scale per chunk).
 
     Returns fp8 NoPE bytes ``[NC, BLOCK_N, DC]`` u8 (0 on RoPE columns), UE8M0 bytes ``[NC, BLOCK_N, 1]``
-    u8, RoPE ``[NC, BLOCK_N, DC]`` bf16 (0 on NoPE columns) and validity ``[BLOCK_N]``.
+    u8, RoPE ``[NC, BLOCK_N, DC]`` bf16 (0 on NoPE columns) and validity ``[BLOCK_N]``.  KV_BF16: the
+    cache is bf16 rows (page size 1, the page stride the row stride): all 512 columns come back in the
+    RoPE slot, the fp8 and scale slots are unused.
     """
     DC: tl.constexpr = 512 // NC
     valid = slot >= 0
@@ -96,10 +99,15 @@ def _gather_block(
     v3 = valid[None, :, None]
     chunk = tl.arange(0, NC)[:, None, None]
     col = chunk * DC + tl.arange(0, DC)[None, None, :]
-    nope = col < 448
-    kb = tl.load(base + row + col, mask=v3 & nope, other=0)
-    sb = tl.load(base + srow[None, :, None] + chunk * DC // 64, mask=v3 & (chunk * DC < 448), other=127)
-    kr = tl.load((base + row + 448).to(tl.pointer_type(tl.bfloat16)) + (col - 448), mask=v3 & ~nope, other=0.0)
+    if KV_BF16:
+        kr = tl.load((base + row).to(tl.pointer_type(tl.bfloat16)) + col, mask=v3, other=0.0)
+        kb = kr
+        sb = kr
+    else:
+        nope = col < 448
+        kb = tl.load(base + row + col, mask=v3 & nope, other=0)
+        sb = tl.load(base + srow[None, :, None] + chunk * DC // 64, mask=v3 & (chunk * DC < 448), other=127)
+        kr = tl.load((base + row + 448).to(tl.pointer_type(tl.bfloat16)) + (col - 448), mask=v3 & ~nope, other=0.0)
     return kb, sb, kr, valid
 
 
@@ -116,6 +124,7 @@ def _attend_block(
     qk_scale,
     NC: tl.constexpr,
     UPCAST: tl.constexpr,
+    KV_BF16: tl.constexpr,
 ):
     """Online-softmax update of ``acc [NC, BLOCK_H, DC]``, ``m_i``, ``l_i`` (base 2) by one gathered block;
     ``qt [NC, BLOCK_H, DC]`` is q in the same column chunks.
@@ -124,13 +133,16 @@ def _attend_block(
     per chunk are reduced over the chunk axis, PV needs no reduction.
     """
     DC: tl.constexpr = 512 // NC
-    nope = (tl.arange(0, NC)[:, None, None] * DC + tl.arange(0, DC)[None, None, :]) < 448
-    scale = tl.exp2(sb.to(tl.float32) - 127.0)
-    kf = kb.to(tl.float8e4nv, bitcast=True)
-    if UPCAST:  # interpreter: bf16 arithmetic / bf16 tl.dot are wrong there, stay in fp32
-        k = tl.where(nope, kf.to(tl.float32) * scale, kr.to(tl.float32))
-    else:  # power-of-two scales: the bf16 product is exact
-        k = tl.where(nope, kf.to(tl.bfloat16) * scale.to(tl.bfloat16), kr)
+    if KV_BF16:
+        k = kr.to(tl.float32) if UPCAST else kr
+    else:
+        nope = (tl.arange(0, NC)[:, None, None] * DC + tl.arange(0, DC)[None, None, :]) < 448
+        scale = tl.exp2(sb.to(tl.float32) - 127.0)
+        kf = kb.to(tl.float8e4nv, bitcast=True)
+        if UPCAST:  # interpreter: bf16 arithmetic / bf16 tl.dot are wrong there, stay in fp32
+            k = tl.where(nope, kf.to(tl.float32) * scale, kr.to(tl.float32))
+        else:  # power-of-two scales: the bf16 product is exact
+            k = tl.where(nope, kf.to(tl.bfloat16) * scale.to(tl.bfloat16), kr)
     s = tl.sum(tl.dot(qt, tl.permute(k, (0, 2, 1))), 0)
     s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -185,6 +197,7 @@ def _sparse_mla_kernel(
     SPLIT: tl.constexpr,
     L2_AHEAD: tl.constexpr,
     UPCAST: tl.constexpr,
+    KV_BF16: tl.constexpr,
 ):
     """Grid ``(T * cdiv(H, BLOCK_H), num_splits)``.
 
@@ -252,8 +265,9 @@ def _sparse_mla_kernel(
             blk >= nb0,
             _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, BLOCK_N),
             NC,
+            KV_BF16,
         )
-        acc, m_i, l_i = _attend_block(qt, acc, m_i, l_i, kb, sb, kr, valid, qk_scale, NC, UPCAST)
+        acc, m_i, l_i = _attend_block(qt, acc, m_i, l_i, kb, sb, kr, valid, qk_scale, NC, UPCAST, KV_BF16)
 
     lonely = l_i == 0.0
     o = acc / tl.where(lonely, 1.0, l_i)[None, :, None]
@@ -392,8 +406,8 @@ _MAIN_SIG = {
 
 def _aot_configs() -> list[AotConfig]:
     """The builds :func:`_pick_cfg` can launch: both decode tiles split or not, prefill unsplit."""
-    builds = [(_CFG_DECODE_SMALL, False), (_CFG_DECODE_SMALL, True), (_CFG_DECODE_LARGE, False)]
-    builds += [(_CFG_DECODE_LARGE, True), (_CFG_PREFILL, False)]
+    builds = [(_CFG_DECODE_SMALL, False, False), (_CFG_DECODE_SMALL, True, False), (_CFG_DECODE_LARGE, False, False)]
+    builds += [(_CFG_DECODE_LARGE, True, False), (_CFG_PREFILL, False, False), (_CFG_PREFILL, False, True)]
     return [
         AotConfig(
             {
@@ -403,11 +417,12 @@ def _aot_configs() -> list[AotConfig]:
                 "SPLIT": split,
                 "L2_AHEAD": c.l2_ahead,
                 "UPCAST": False,
+                "KV_BF16": bf16,
             },
             num_warps=c.num_warps,
             num_stages=c.num_stages,
         )
-        for c, split in builds
+        for c, split, bf16 in builds
     ]
 
 
@@ -521,6 +536,28 @@ def _check_len(name: str, ln: torch.Tensor | None, n: int) -> None:
         raise ValueError(f"{name}: expected int32 [{n}] contiguous, got {ln.dtype} {tuple(ln.shape)}")
 
 
+def _check_q_out(
+    q: torch.Tensor, attn_sink: torch.Tensor | None, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[int, int]:
+    """``(T, H)`` of q ``[T, H, 512]`` bf16 after checking q, the sink ``[H]`` and the outputs."""
+    if q.dtype != torch.bfloat16 or q.ndim != 3 or q.shape[2] != HEAD_DIM or q.stride(2) != 1:
+        raise ValueError(f"q: expected bf16 [T, H, {HEAD_DIM}] with unit last stride, got {q.dtype} {tuple(q.shape)}")
+    t_rows, heads, _ = q.shape
+    if heads not in SUPPORTED_HEADS:
+        raise ValueError(f"q: head count {heads} not in {SUPPORTED_HEADS} (q is [T, H, {HEAD_DIM}])")
+    if attn_sink is not None and (
+        attn_sink.dtype != torch.float32 or tuple(attn_sink.shape) != (heads,) or attn_sink.stride(0) != 1
+    ):
+        raise ValueError(
+            f"attn_sink: expected fp32 [{heads}] contiguous, got {attn_sink.dtype} {tuple(attn_sink.shape)}"
+        )
+    if out.dtype != torch.bfloat16 or tuple(out.shape) != (t_rows, heads, HEAD_DIM) or out.stride(2) != 1:
+        raise ValueError(f"out: expected bf16 [{t_rows}, {heads}, {HEAD_DIM}], got {out.dtype} {tuple(out.shape)}")
+    if lse.dtype != torch.float32 or tuple(lse.shape) != (t_rows, heads):
+        raise ValueError(f"lse: expected fp32 [{t_rows}, {heads}], got {lse.dtype} {tuple(lse.shape)}")
+    return t_rows, heads
+
+
 def sparse_mla_fwd(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -548,11 +585,7 @@ def sparse_mla_fwd(
     ``num_splits > 1`` needs ``workspace`` with room for ``T x H x num_splits``; pass
     :func:`choose_num_splits` ``(T, H, ...)`` (the tile follows ``T`` and ``H``, see :func:`_pick_cfg`).
     """
-    if q.dtype != torch.bfloat16 or q.ndim != 3 or q.shape[2] != HEAD_DIM or q.stride(2) != 1:
-        raise ValueError(f"q: expected bf16 [T, H, {HEAD_DIM}] with unit last stride, got {q.dtype} {tuple(q.shape)}")
-    t_rows, heads, _ = q.shape
-    if heads not in SUPPORTED_HEADS:
-        raise ValueError(f"q: head count {heads} not in {SUPPORTED_HEADS} (q is [T, H, {HEAD_DIM}])")
+    t_rows, heads = _check_q_out(q, attn_sink, out, lse)
     _check_cache("k_cache", k_cache)
     _check_indices("indices", indices, t_rows)
     if rows_per_length < 1 or t_rows % rows_per_length:
@@ -565,16 +598,6 @@ def sparse_mla_fwd(
         _check_cache("extra_k_cache", extra_k_cache)
         _check_indices("extra_indices", extra_indices, t_rows)
         _check_len("extra_topk_length", extra_topk_length, n_len)
-    if attn_sink is not None and (
-        attn_sink.dtype != torch.float32 or tuple(attn_sink.shape) != (heads,) or attn_sink.stride(0) != 1
-    ):
-        raise ValueError(
-            f"attn_sink: expected fp32 [{heads}] contiguous, got {attn_sink.dtype} {tuple(attn_sink.shape)}"
-        )
-    if out.dtype != torch.bfloat16 or tuple(out.shape) != (t_rows, heads, HEAD_DIM) or out.stride(2) != 1:
-        raise ValueError(f"out: expected bf16 [{t_rows}, {heads}, {HEAD_DIM}], got {out.dtype} {tuple(out.shape)}")
-    if lse.dtype != torch.float32 or tuple(lse.shape) != (t_rows, heads):
-        raise ValueError(f"lse: expected fp32 [{t_rows}, {heads}], got {lse.dtype} {tuple(lse.shape)}")
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected 1..{MAX_SPLITS}, got {num_splits}")
     if num_splits > 1 and (
@@ -635,6 +658,7 @@ def sparse_mla_fwd(
         SPLIT=num_splits > 1,
         L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead,
         UPCAST=_INTERPRET,
+        KV_BF16=False,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -657,6 +681,56 @@ def sparse_mla_fwd(
             num_stages=1,
         )
         guard_compiled("sparse_mla.combine", compiled)
+
+
+def sparse_mla_bf16_fwd(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    indices: torch.Tensor,
+    topk_length: torch.Tensor | None,
+    attn_sink: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    softmax_scale: float = DEFAULT_SCALE,
+) -> None:
+    """Sparse MLA over a flat bf16 KV workspace (the layout of SGLang's sparse prefill and FlashMLA's
+    ``flash_mla_sparse_fwd``: KV rows dequantised once per context token, not once per query); no
+    allocation, no host sync.
+
+    q ``[T, H, 512]`` bf16; kv ``[N, 1, 512]`` or ``[N, 512]`` bf16 rows (unit last stride, 16-byte aligned
+    base and row stride); indices ``[T, K]`` int32 rows of kv (-1 invalid; others must be < N);
+    topk_length ``[T]`` int32 (only the first ``len`` indices count) or None; attn_sink ``[H]`` fp32 or None.
+    Writes out ``[T, H, 512]`` bf16 and lse ``[T, H]`` fp32 (natural log, sink excluded, +inf for rows
+    without a valid index).  One program per (row, 32 heads), never split: a prefill kernel.
+    """
+    t_rows, heads = _check_q_out(q, attn_sink, out, lse)
+    if not isinstance(kv, torch.Tensor) or kv.dtype != torch.bfloat16 or kv.shape[-1] != HEAD_DIM:
+        raise ValueError(f"kv: expected bf16 [N, 1, {HEAD_DIM}] or [N, {HEAD_DIM}] rows")
+    rows = kv.reshape(-1, HEAD_DIM) if kv.ndim == 3 and kv.shape[1] == 1 else kv
+    if rows.ndim != 2 or rows.stride(1) != 1 or (rows.stride(0) * 2) % 16 or rows.data_ptr() % 16:
+        raise ValueError(
+            f"kv: expected [N, 1, {HEAD_DIM}] or [N, {HEAD_DIM}] bf16 with unit last stride and a 16-byte aligned "
+            f"base and row stride, got {tuple(kv.shape)} strides {kv.stride()}"
+        )
+    _check_indices("indices", indices, t_rows)
+    _check_len("topk_length", topk_length, t_rows)
+    if t_rows == 0:
+        return
+    cfg = _CFG_PREFILL
+    raw = rows.view(torch.uint8)
+    compiled = _sparse_mla_kernel[(t_rows * triton.cdiv(heads, cfg.block_h), 1)](
+        q, q.stride(0), q.stride(1),
+        raw, rows.stride(0) * 2, 1, indices, indices.stride(0),
+        topk_length if topk_length is not None else indices, indices.shape[1],
+        raw, rows.stride(0) * 2, 1, indices, indices.stride(0), indices, 0,
+        int(topk_length is not None), 0, 1,
+        attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
+        out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1), lse, lse,
+        heads, softmax_scale * _LOG2E, 1,
+        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, NC=cfg.nc, SPLIT=False, L2_AHEAD=0, UPCAST=_INTERPRET,
+        KV_BF16=True, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    guard_compiled("sparse_mla.attend", compiled)
 
 
 # ----------------------------------------------------------------------------- FlashMLA-compatible API
@@ -787,6 +861,7 @@ __all__ = [
     "flash_mla_with_kvcache",
     "get_mla_metadata",
     "shared_workspace",
+    "sparse_mla_bf16_fwd",
     "sparse_mla_fwd",
     "workspace_for",
 ]

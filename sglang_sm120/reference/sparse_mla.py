@@ -77,14 +77,20 @@ def dequant_kv(k_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return torch.cat([(nope * scale[:, :, None]).view(-1, NOPE_DIM), rope], 1)
 
 
+def _invalid(indices: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``[T, K]`` True where an index is -1 or past its row's length."""
+    bad = indices < 0
+    if lengths is not None:
+        bad = bad | (torch.arange(indices.shape[1], device=indices.device)[None, :] >= lengths[:, None].long())
+    return bad
+
+
 def _gather(
     k_cache: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``[T, K, 512]`` (bf16-rounded like FlashMLA) and the invalid mask ``[T, K]``."""
     t, k = indices.shape
-    bad = indices < 0
-    if lengths is not None:
-        bad = bad | (torch.arange(k, device=indices.device)[None, :] >= lengths[:, None].long())
+    bad = _invalid(indices, lengths)
     rows = dequant_kv(k_cache, indices.clamp_min(0).reshape(-1)).to(torch.bfloat16).float()
     rows = rows.view(t, k, HEAD_DIM).masked_fill(bad[..., None], 0.0)
     return rows, bad
@@ -112,6 +118,28 @@ def sparse_mla_ref(
     if extra_k_cache is not None:
         kv1, bad1 = _gather(extra_k_cache, extra_indices, extra_topk_length)
         kv, bad = torch.cat([kv, kv1], 1), torch.cat([bad, bad1], 1)
+    return _attend(q, kv, bad, attn_sink, softmax_scale)
+
+
+def sparse_mla_bf16_ref(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    indices: torch.Tensor,
+    topk_length: torch.Tensor | None = None,
+    attn_sink: torch.Tensor | None = None,
+    softmax_scale: float = DEFAULT_SCALE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse MLA over flat bf16 rows ``kv [N, 1, 512]`` (or ``[N, 512]``); the rest as :func:`sparse_mla_ref`."""
+    t, k = indices.shape
+    bad = _invalid(indices, topk_length)
+    rows = kv.reshape(-1, HEAD_DIM)[indices.clamp_min(0).reshape(-1).long()].float()
+    return _attend(q, rows.view(t, k, HEAD_DIM).masked_fill(bad[..., None], 0.0), bad, attn_sink, softmax_scale)
+
+
+def _attend(
+    q: torch.Tensor, kv: torch.Tensor, bad: torch.Tensor, attn_sink: torch.Tensor | None, softmax_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of q ``[T, H, 512]`` over gathered rows ``kv [T, K, 512]`` fp32 (``bad [T, K]`` masked)."""
     z = torch.einsum("thd,tkd->thk", q.float(), kv) * softmax_scale
     z = z.masked_fill(bad[:, None, :], float("-inf"))
     lse = torch.logsumexp(z, -1)
