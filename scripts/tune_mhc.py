@@ -21,7 +21,7 @@ import re
 import sys
 
 from bench_common import add_sweep_args, emit_table, run_gates
-from bench_mhc import HBM_PEAK_GBS, _bytes, _call, _inputs
+from bench_mhc import EPS, HBM_PEAK_GBS, HC, HIDDEN, ITERS, POST_MULT, _bytes, _call, _inputs
 
 DEFAULT_FIN = "t1w8,t4w8,t8w8,t16w8,t32w8,t16w4,t16w16"
 DEFAULT_PLANS = "t16h64w4s2,t32h32w8s2,t64h32w8s2,t64h16w8s2,t128h32w8s2,t128h16w8s2,t256h16w8s2,t64h32w4s3"
@@ -124,7 +124,7 @@ def time_fin(tiles: list[str], tokens: list[int]) -> dict[tuple[int, str], float
         plan = mhc._plan("pre", t)
         mix, sq = mhc._mix_workspace(plan, t, hidden, r.device)
         mhc._launch_stream("pre", plan, r, t, hidden, fn=a["fn"], n_out=mhc.N_MIX, mix=mix, sq=sq)
-        fin = mhc._new_finalize(r, a["scale"], a["base"], 1e-6, 1e-6, 1e-6, 2.0, 20, a["weight"], 1e-6)
+        fin = mhc._new_finalize(r, a["scale"], a["base"], EPS, EPS, EPS, POST_MULT, ITERS, a["weight"], EPS)
         for text in tiles:
             mhc.FIN_TILE = parse_fin(text)
             try:
@@ -149,7 +149,7 @@ def render_fin(tiles: list[str], res: dict, tokens: list[int]) -> str:
             if p not in times:
                 cells.append("-")
                 continue
-            pct = 100 * t * 5 * 4096 * 2 / (times[p] * 1e-6) / 1e9 / HBM_PEAK_GBS
+            pct = 100 * t * (HC + 1) * HIDDEN * 2 / (times[p] * 1e-6) / 1e9 / HBM_PEAK_GBS
             cells.append(f"{times[p]:.1f} ({pct:.0f} %)" + ("**" if p == best else "") + ("*" if p == ship else ""))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

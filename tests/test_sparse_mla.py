@@ -9,6 +9,7 @@ about 2^-8 relative each, so ``out`` is checked at atol 2e-2 / rtol 2e-2 (|out| 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -249,17 +250,19 @@ def test_split_choice_and_workspace():
         assert K.workspace_for(63, h, 128, 512, dev).capacity >= need
 
 
+def _rejects(fn, args, pos, value, match):
+    """``fn(*args)`` with ``args[pos]`` replaced by ``value`` raises ValueError matching ``match``."""
+    a = list(args)
+    a[pos] = value
+    with pytest.raises(ValueError, match=match):
+        fn(*a)
+
+
 def test_bad_inputs():
     q, cache, idx, ecache, eidx, sink = _case(2, 8, 4, 4, 8, 2, 4, 4)
     out = torch.empty(2, 8, 512, dtype=torch.bfloat16)
     lse = torch.empty(2, 8)
-    args = [q, cache, idx, None, sink, ecache, eidx, None, out, lse]
-
-    def bad(pos, value, match):
-        a = list(args)
-        a[pos] = value
-        with pytest.raises(ValueError, match=match):
-            K.sparse_mla_fwd(*a)
+    bad = functools.partial(_rejects, K.sparse_mla_fwd, [q, cache, idx, None, sink, ecache, eidx, None, out, lse])
 
     bad(0, q.float(), r"q: expected bf16 \[T, H, 512\]")
     bad(0, q[:, :, :448], r"q: expected bf16 \[T, H, 512\]")
@@ -334,13 +337,7 @@ def test_bf16_bad_inputs():
     q, kv, idx, ln, sink = _bf16_case(2, 8, 10, 6)
     out = torch.empty(2, 8, 512, dtype=torch.bfloat16)
     lse = torch.empty(2, 8)
-    args = [q, kv, idx, ln, sink, out, lse]
-
-    def bad(pos, value, match):
-        a = list(args)
-        a[pos] = value
-        with pytest.raises(ValueError, match=match):
-            K.sparse_mla_bf16_fwd(*a)
+    bad = functools.partial(_rejects, K.sparse_mla_bf16_fwd, [q, kv, idx, ln, sink, out, lse])
 
     bad(0, q.float(), r"q: expected bf16 \[T, H, 512\]")
     bad(1, kv.float(), r"kv: expected bf16 \[N, 1, 512\]")

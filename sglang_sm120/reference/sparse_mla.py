@@ -14,6 +14,7 @@ valid candidate gives ``out = 0`` and ``lse = +inf``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -77,23 +78,22 @@ def dequant_kv(k_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return torch.cat([(nope * scale[:, :, None]).view(-1, NOPE_DIM), rope], 1)
 
 
-def _invalid(indices: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """``[T, K]`` True where an index is -1 or past its row's length."""
+def _gather(
+    fetch: Callable[[torch.Tensor], torch.Tensor], indices: torch.Tensor, lengths: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``[T, K, 512]`` fp32 (``fetch``: slots ``[n]`` -> bf16 rows ``[n, 512]``; invalid ones zeroed) and the
+    invalid mask ``[T, K]`` (-1 or past the row's length)."""
+    t, k = indices.shape
     bad = indices < 0
     if lengths is not None:
-        bad = bad | (torch.arange(indices.shape[1], device=indices.device)[None, :] >= lengths[:, None].long())
-    return bad
+        bad = bad | (torch.arange(k, device=indices.device)[None, :] >= lengths[:, None].long())
+    rows = fetch(indices.clamp_min(0).reshape(-1)).float()
+    return rows.view(t, k, HEAD_DIM).masked_fill(bad[..., None], 0.0), bad
 
 
-def _gather(
-    k_cache: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``[T, K, 512]`` (bf16-rounded like FlashMLA) and the invalid mask ``[T, K]``."""
-    t, k = indices.shape
-    bad = _invalid(indices, lengths)
-    rows = dequant_kv(k_cache, indices.clamp_min(0).reshape(-1)).to(torch.bfloat16).float()
-    rows = rows.view(t, k, HEAD_DIM).masked_fill(bad[..., None], 0.0)
-    return rows, bad
+def _fp8_rows(k_cache: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Slots -> dequantised rows of a paged fp8 cache, bf16-rounded like FlashMLA."""
+    return lambda slots: dequant_kv(k_cache, slots).to(torch.bfloat16)
 
 
 def sparse_mla_ref(
@@ -114,9 +114,9 @@ def sparse_mla_ref(
     int32 (only the first ``len`` slots count); attn_sink ``[H]`` fp32 logits.
     Returns out ``[T, H, 512]`` bf16 and lse ``[T, H]`` fp32 (natural log, sink excluded).
     """
-    kv, bad = _gather(k_cache, indices, topk_length)
+    kv, bad = _gather(_fp8_rows(k_cache), indices, topk_length)
     if extra_k_cache is not None:
-        kv1, bad1 = _gather(extra_k_cache, extra_indices, extra_topk_length)
+        kv1, bad1 = _gather(_fp8_rows(extra_k_cache), extra_indices, extra_topk_length)
         kv, bad = torch.cat([kv, kv1], 1), torch.cat([bad, bad1], 1)
     return _attend(q, kv, bad, attn_sink, softmax_scale)
 
@@ -130,10 +130,8 @@ def sparse_mla_bf16_ref(
     softmax_scale: float = DEFAULT_SCALE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse MLA over flat bf16 rows ``kv [N, 1, 512]`` (or ``[N, 512]``); the rest as :func:`sparse_mla_ref`."""
-    t, k = indices.shape
-    bad = _invalid(indices, topk_length)
-    rows = kv.reshape(-1, HEAD_DIM)[indices.clamp_min(0).reshape(-1).long()].float()
-    return _attend(q, rows.view(t, k, HEAD_DIM).masked_fill(bad[..., None], 0.0), bad, attn_sink, softmax_scale)
+    rows = kv.reshape(-1, HEAD_DIM)
+    return _attend(q, *_gather(lambda slots: rows[slots.long()], indices, topk_length), attn_sink, softmax_scale)
 
 
 def _attend(
