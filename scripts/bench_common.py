@@ -48,6 +48,16 @@ def add_sweep_args(ap) -> None:
     ap.add_argument("--out", default=None, help="save the markdown table here")
 
 
+def aot_all_variants(kernel: Any, config: Any, arch: int = 120) -> tuple[int, int, list[str]]:
+    """(registers, shared bytes, problems) of one config over every alignment variant of the AOT check (a
+    registered config must pass them all); registers and shared memory of the aligned build."""
+    from sglang_sm120.aot import VARIANTS, check_config
+
+    results = [check_config(kernel, config, arch, variant) for variant in VARIANTS]
+    problems = [f"{variant}: {p}" for variant, res in zip(VARIANTS, results) for p in res.problems]
+    return results[0].registers, results[0].shared, problems
+
+
 def run_gates(
     gate: Callable[..., tuple[bool, str]], keys: Sequence[tuple], jobs: int, name: Callable[[tuple], str] = " ".join
 ) -> dict[Hashable, tuple[bool, str]]:

@@ -9,7 +9,8 @@ shared memory, 0 spills); a failing one is listed and not timed.  Each passing o
 (stream kernel + finalize, as ``bench_mhc.py`` times it) and as its stream kernel alone, so the table shows
 where the time goes; µs per call (CUDA-graph replays) and % of HBM peak on the op's compulsory bytes.  Finalize
 tiles ``t<BLOCK_T>w<WARPS>`` (``--fin``) are timed alone, after the shipped pre plan's stream kernel.  * marks
-the shipped plan (``mhc.PLANS``, ``mhc.FIN_TILE``), ** the fastest per row.  Headline numbers need ``DISABLE_MMA_V3=1``.
+the shipped plan (``mhc.PLANS``, ``mhc.FIN_TILES``), ** the fastest per row.  Headline numbers need
+``DISABLE_MMA_V3=1``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import os
 import re
 import sys
 
-from bench_common import add_sweep_args, emit_table, run_gates
+from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates
 from bench_mhc import EPS, HBM_PEAK_GBS, HC, HIDDEN, ITERS, POST_MULT, _bytes, _call, _inputs
 
 DEFAULT_FIN = "t1w8,t4w8,t8w8,t16w8,t32w8,t16w4,t16w16"
-DEFAULT_PLANS = "t16h64w4s2,t32h32w8s2,t64h32w8s2,t64h16w8s2,t128h32w8s2,t128h16w8s2,t256h16w8s2,t64h32w4s3"
+DEFAULT_PLANS = "t16h64w4s2,t32h32w8s2,t64h32w8s2,t64h16w8s2,t64h16w4s2,t128h32w8s2,t128h16w8s2,t256h16w8s2,t64h32w4s3"
 OP_NAMES = {"pre": "mhc_pre", "fused": "mhc_fused_post_pre"}
 
 
@@ -64,8 +65,8 @@ def plan_name(plan) -> str:
 
 def aot_gate(op: str, text: str) -> tuple[bool, str]:
     """(passes, "regs N, smem B" or the problems) on sm_120a of the unfused stream build of ``op``, or for
-    ``op == "finalize"`` of the finalize kernel with the norm."""
-    from sglang_sm120.aot import check_config
+    ``op == "finalize"`` of the finalize kernel with the norm; every alignment variant of the AOT check, as the
+    registered configs must pass them all."""
     from sglang_sm120.kernels import mhc
     from sglang_sm120.kernels.registry import AotConfig, registered
 
@@ -78,8 +79,8 @@ def aot_gate(op: str, text: str) -> tuple[bool, str]:
         plan = parse_plan(text)
         kernel = {k.name: k for k in registered()}[mhc._STREAM_NAMES[op]]
         cfg = AotConfig(mhc._stream_constexprs(op, plan, hidden, False, False), plan.warps, plan.stages)
-    res = check_config(kernel, cfg, 120)
-    return not res.problems, "; ".join(res.problems) or f"regs {res.registers}, smem {res.shared}"
+    regs, smem, problems = aot_all_variants(kernel, cfg)
+    return not problems, "; ".join(problems) or f"regs {regs}, smem {smem}"
 
 
 def time_plans(ops: list[str], plans: list[str], tokens: list[int]) -> dict[tuple[str, int, str], tuple[float, float]]:
@@ -115,7 +116,7 @@ def time_fin(tiles: list[str], tokens: list[int]) -> dict[tuple[int, str], float
     """µs of the finalize kernel alone (with the norm, after the shipped pre plan's stream kernel) per (T, tile)."""
     from sglang_sm120.kernels import mhc
 
-    shipped = mhc.FIN_TILE
+    shipped = mhc.FIN_TILES
     res = {}
     for t in tokens:
         a = _inputs(t)
@@ -126,11 +127,11 @@ def time_fin(tiles: list[str], tokens: list[int]) -> dict[tuple[int, str], float
         mhc._launch_stream("pre", plan, r, t, hidden, fn=a["fn"], n_out=mhc.N_MIX, mix=mix, sq=sq)
         fin = mhc._new_finalize(r, a["scale"], a["base"], EPS, EPS, EPS, POST_MULT, ITERS, a["weight"], EPS)
         for text in tiles:
-            mhc.FIN_TILE = parse_fin(text)
+            mhc.FIN_TILES = ((None, parse_fin(text)),)
             try:
                 res[(t, text)] = _time_us(functools.partial(mhc._finalize, mix, sq, r, fin))
             finally:
-                mhc.FIN_TILE = shipped
+                mhc.FIN_TILES = shipped
             print(f"  finalize T={t} {text}: {res[(t, text)]:.1f} us", file=sys.stderr, flush=True)
     return res
 
@@ -138,7 +139,6 @@ def time_fin(tiles: list[str], tokens: list[int]) -> dict[tuple[int, str], float
 def render_fin(tiles: list[str], res: dict, tokens: list[int]) -> str:
     from sglang_sm120.kernels import mhc
 
-    ship = "t{}w{}".format(*mhc.FIN_TILE)
     lines = ["", "Finalize kernel alone (µs; % HBM on one residual read + y write):", "",
              "| T | " + " | ".join(tiles) + " |", "|---|" + "---|" * len(tiles)]  # fmt: skip
     for t in tokens:
@@ -150,7 +150,8 @@ def render_fin(tiles: list[str], res: dict, tokens: list[int]) -> str:
                 cells.append("-")
                 continue
             pct = 100 * t * (HC + 1) * HIDDEN * 2 / (times[p] * 1e-6) / 1e9 / HBM_PEAK_GBS
-            cells.append(f"{times[p]:.1f} ({pct:.0f} %)" + ("**" if p == best else "") + ("*" if p == ship else ""))
+            ship = p == "t{}w{}".format(*mhc._fin_tile(t))
+            cells.append(f"{times[p]:.1f} ({pct:.0f} %)" + ("**" if p == best else "") + ("*" if ship else ""))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -19,14 +19,14 @@ import functools
 import os
 import sys
 
-from bench_common import add_sweep_args, emit_table, run_gates
+from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates
 from bench_moe_gemm import MOE_E, MOE_H, MOE_I, MOE_LIMIT, MOE_TOPK, _bench_calls, _moe_routing, _moe_weights
 
 # The shipped tiles plus variants with fewer registers (more CTAs per SM) or wider N / K, each 0-spill on sm_120a in
 # a CPU screen (GEMM1 128x32x64 w8: 102 registers vs 144 for 128x64x64; 64x32x64 w4: 104 vs 168).
 DEFAULT_TILES = (
     "16x64x128w4s2,16x64x64w4s2,16x32x128w4s2,32x64x128w4s2,32x64x64w4s2,32x32x128w4s2,64x64x64w4s2,64x32x64w4s2,64x64x64w8s2,"
-    "64x128x64w8s2,128x64x64w8s2,128x32x64w8s2,128x128x64w8s2,128x64x128w8s2"
+    "64x64x64w4s3,64x128x64w8s2,128x64x64w8s2,128x32x64w8s2,128x128x64w8s2,128x64x128w8s2"
 )
 Tile = tuple[int, int, int, int, int]
 
@@ -48,8 +48,8 @@ def tile_name(tile: Tile) -> str:
 
 
 def aot_gate(tile: Tile, act: str = "bf16") -> tuple[bool, str]:
-    """(passes, "regs g1/g2" or the problems) of GEMM1 and GEMM2 with UE8M0 scales on sm_120a."""
-    from sglang_sm120.aot import check_config
+    """(passes, "regs g1/g2" or the problems) of GEMM1 and GEMM2 with UE8M0 scales on sm_120a, every alignment
+    variant."""
     from sglang_sm120.kernels import moe_mxfp4
     from sglang_sm120.kernels.registry import registered
 
@@ -58,9 +58,9 @@ def aot_gate(tile: Tile, act: str = "bf16") -> tuple[bool, str]:
     fp8 = act == "mxfp8"
     for gemm, gated in (("gemm1", True), ("gemm2", False)):
         name = f"moe_mxfp4.{gemm}{'_w4a8' if fp8 else ''}[s=u8]"
-        res = check_config(kernels[name], moe_mxfp4._gemm_config(tile, gated, False, fp8), 120)
-        regs.append(str(res.registers))
-        problems += [f"{name}: {p}" for p in res.problems]
+        reg, _, found = aot_all_variants(kernels[name], moe_mxfp4._gemm_config(tile, gated, False, fp8))
+        regs.append(str(reg))
+        problems += [f"{name}: {p}" for p in found]
     return not problems, "; ".join(problems) or "regs " + "/".join(regs)
 
 

@@ -149,6 +149,19 @@ def test_mhc_pre_plans(plan, monkeypatch):
     _check_pre(out, ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw))
 
 
+@pytest.mark.parametrize("tile", list(dict.fromkeys(t for _, t in kern.FIN_TILES)), ids=lambda t: f"t{t[0]}w{t[1]}")
+def test_mhc_pre_finalize_tiles(tile, monkeypatch):
+    """Every finalize tile (tokens per program sharing one Sinkhorn, warps), a partial last block included."""
+    hidden, num_tokens = 64, 2 * tile[0] + 3
+    fn, scale, base, weight = _params(hidden)
+    r = _residual(num_tokens, hidden)
+    kw = dict(norm_weight=weight, norm_eps=EPS)
+    _force_plan(monkeypatch, _plans("pre")[1])  # a TF32 plan: the separate finalize launch
+    monkeypatch.setattr(kern, "_fin_tile", lambda num_tokens: tile)
+    out = kern.mhc_pre(r, fn, scale, base, *_pre_args(), **kw)
+    _check_pre(out, ref.mhc_pre(r, fn, scale, base, *_pre_args(), **kw))
+
+
 def test_mhc_pre_chunked_finalize():
     """DSV4's hidden 4096 with the 4-warp fused plan: the finalize walks H in chunks (two passes for the norm)."""
     hidden, num_tokens = 4096, 2

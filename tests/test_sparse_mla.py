@@ -292,12 +292,14 @@ def test_bad_inputs():
 
 
 def _bf16_case(t, h, n, k, seed=0, device="cpu"):
-    """Rows ``kv [n, 1, 512]`` bf16, indices with -1 slots, duplicates, a truncated length and an all-invalid row."""
+    """Rows ``kv [n, 1, 512]`` bf16, indices with -1 and >= n slots, duplicates, a truncated length and an
+    all-invalid row."""
     g = torch.Generator().manual_seed(seed)
     kv = (torch.randn(n, 1, 512, generator=g) * 2).bfloat16()
     q = torch.randn(t, h, 512, generator=g).bfloat16()
     idx = torch.randint(0, n, (t, k), generator=g, dtype=torch.int32)
     idx[0, 1] = idx[0, 0]  # duplicate
+    idx[0, 2] = n + 5  # past the rows: invalid, as in FlashMLA's contract
     idx[:, -3:] = -1
     idx[-1] = -1  # no valid candidate
     ln = torch.full((t,), k, dtype=torch.int32)
@@ -347,6 +349,18 @@ def test_bf16_bad_inputs():
     bad(3, ln[:1], r"topk_length: expected int32 \[2\]")
     bad(4, sink[:4], r"attn_sink: expected fp32 \[8\]")
     bad(6, lse[:1], r"lse: expected fp32 \[2, 8\]")
+
+
+def test_flash_mla_sparse_fwd_contract():
+    """FlashMLA's sparse-prefill call (indices ``[s_q, 1, topk]``, ``(out, max_logits, lse)``) runs our kernel."""
+    q, kv, idx, ln, sink = _bf16_case(3, 16, 40, 24, seed=4)
+    out, max_logits, lse = K.flash_mla_sparse_fwd(q, kv, idx[:, None], 0.07, 512, sink, ln)
+    assert max_logits is None and lse is None
+    torch.testing.assert_close(out.float(), R.sparse_mla_bf16_ref(q, kv, idx, ln, sink, 0.07)[0].float(), **OUT_TOL)
+    with pytest.raises(ValueError, match="d_v: expected 512, got 448"):
+        K.flash_mla_sparse_fwd(q, kv, idx[:, None], 0.07, 448)
+    with pytest.raises(ValueError, match=r"indices: expected \[s_q, 1, topk\] int32 \(one KV head\), got \(3, 24\)"):
+        K.flash_mla_sparse_fwd(q, kv, idx, 0.07)
 
 
 # --------------------------------------------------------------------------- GPU (DSV4 shapes)
@@ -460,6 +474,25 @@ def test_gpu_bf16_prefill(h, k):
     ref = [torch.cat(x) for x in zip(*(R.sparse_mla_bf16_ref(q[i : i + 256], kv, idx[i : i + 256], ln[i : i + 256],
                                                                sink) for i in range(0, 2048, 256)))]  # fmt: skip
     _check(out, lse, *ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h, k", [(64, 640), (128, 1152)])
+def test_gpu_flash_mla_sparse_fwd_vs_native(h, k):
+    """Ours and sgl-kernel's FlashMLA ``flash_mla_sparse_fwd`` (SM90) on one SGLang-shaped prefill workspace call:
+    SWA + compressed candidates rebased into a flat bf16 workspace, -1 padded to a multiple of 128."""
+    native = pytest.importorskip("sgl_kernel.flash_mla").flash_mla_sparse_fwd
+    g = torch.Generator(device="cuda").manual_seed(5)
+    n, t, width = 6000, 1024, -(-k // 128) * 128
+    kv = torch.randn(n, 1, 512, device="cuda", generator=g).bfloat16()
+    q = torch.randn(t, h, 512, device="cuda", generator=g).bfloat16()
+    idx = torch.full((t, 1, width), -1, device="cuda", dtype=torch.int32)
+    idx[:, 0, :k] = torch.randint(0, n, (t, k), device="cuda", generator=g, dtype=torch.int32)
+    ln = torch.randint(1, k + 1, (t,), device="cuda", generator=g, dtype=torch.int32)
+    sink = torch.randn(h, device="cuda", generator=g)
+    ours = K.flash_mla_sparse_fwd(q, kv, idx, 512**-0.5, 512, sink, ln)[0]
+    theirs = native(q, kv, idx, 512**-0.5, 512, sink, ln)[0]
+    torch.testing.assert_close(ours.float(), theirs.float(), **OUT_TOL)
 
 
 @pytest.mark.gpu

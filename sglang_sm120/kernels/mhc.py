@@ -38,8 +38,11 @@ N_MIX = (2 + HC_MULT) * HC_MULT  # 24
 _BLOCK_N = 32
 _MAX_SPLITS = 128
 SUPPORTED_HIDDEN = (4096,)  # DSV4-Flash; the kernels take hidden as a constexpr on the GPU
-# ``_mhc_finalize_kernel`` tile: (tokens per program, warps).
-FIN_TILE = (1, 8)
+# ``_mhc_finalize_kernel`` tiles (tokens per program, warps) by token count, read like ``PLANS``.  Session 8
+# (`scripts/tune_mhc.py --fin`, H100): one token per program is best up to T = 256 (6.6 vs 26.9 us at T = 64) and
+# even at 1024 (35.2 vs 32.9 us for 8 tokens); 16 tokens per program (the block's Sinkhorn shared) from 2048
+# (51.6 vs 66.2 us), 81.7 vs 127.2 us at 4096, 153 vs 247 us at 8192.
+FIN_TILES: tuple[tuple[int | None, tuple[int, int]], ...] = ((1024, (1, 8)), (None, (16, 8)))
 DOT_FMA, DOT_TF32 = 0, 1
 
 
@@ -127,8 +130,11 @@ def _finalize_tokens(
         s = s0 + offs_s
         row = s.to(tl.int64)[:, None] * T + t64[None, :]
         m2 = (s < S)[:, None] & mask_t[None, :]
+        # mix is this module's own workspace (16-byte aligned base, 96-byte rows): 16-byte vectors whatever the
+        # alignment the JIT specialised on.  Unhinted, an unaligned build spread the tile one column per lane and
+        # the Sinkhorn's column picks spilled kilobytes.
         acc += tl.load(
-            mix_ptr + row[:, :, None] * NM + cols[None, None, :],
+            tl.multiple_of(mix_ptr + row[:, :, None] * NM + cols[None, None, :], [1, 1, 16]),
             mask=m2[:, :, None] & mcol[None, None, :],
             other=0.0,
             cache_modifier=".cg",
@@ -414,17 +420,25 @@ class Plan:
 # * Session 7 (`scripts/tune_mhc.py`, stream kernel alone): above T = 1024, 128-token blocks read the fn tile once
 #   per 128 tokens: pre 87 vs 117 us (64-token blocks) at T = 4096.  Fused: 64 x 32 (289 us) and 128 x 16 (272 us)
 #   tiles beat 32 x 32 (501 us) but spill in the noalign build; 64 x 16 does not (untimed).
+# * Session 8 (same script, op times): pre on 64 x 16 tiles with 4 warps 17.6 vs 27.0 us (16 x 64) at T = 256;
+#   128 x 32 57 vs 91 us at 1024.  Fused: 32 x 32 beats 16 x 32 from T = 512 (80 vs 116 us; 4096: 609 vs 895).
+#   Faster fused tiles (64 x 16 with 4 warps: 323 us at 4096; 128 x 16: 387 us) spill 24-32 B in the unaligned
+#   (``noalign``) build, so they are not used.
 _FMA_T1 = Plan(1, 32, 4, 1, DOT_FMA, fused=True)
 _PRE_T16, _PRE_T64 = Plan(16, 64, 4, 2), Plan(64, 32, 8, 2)
 PLANS: dict[str, tuple[tuple[int | None, Plan], ...]] = {
-    "pre": ((2, _FMA_T1), (16, _PRE_T16), (64, _PRE_T64), (1024, _PRE_T16), (None, Plan(128, 32, 8, 2))),
-    "fused": ((2, _FMA_T1), (1024, Plan(16, 32, 8, 2)), (None, Plan(32, 32, 8, 2))),
+    "pre": ((2, _FMA_T1), (16, _PRE_T16), (64, _PRE_T64), (256, Plan(64, 16, 4, 2)), (None, Plan(128, 32, 8, 2))),
+    "fused": ((2, _FMA_T1), (256, Plan(16, 32, 8, 2)), (None, Plan(32, 32, 8, 2))),
     "post": ((None, Plan(1, 512, 4, 1, waves=0)),),
 }
 
 
 def _plan(op: str, num_tokens: int) -> Plan:
     return next(plan for limit, plan in PLANS[op] if limit is None or num_tokens <= limit)
+
+
+def _fin_tile(num_tokens: int) -> tuple[int, int]:
+    return next(tile for limit, tile in FIN_TILES if limit is None or num_tokens <= limit)
 
 
 def _fin_block_h(hidden: int, warps: int) -> int:
@@ -498,7 +512,8 @@ register_aot(
         "sinkhorn_eps": "fp32", "post_mult": "fp32", "norm_eps": "fp32",
     },
     configs=[
-        AotConfig(_fin_constexprs(hidden, FIN_TILE, norm), num_warps=FIN_TILE[1], num_stages=1)
+        AotConfig(_fin_constexprs(hidden, tile, norm), num_warps=tile[1], num_stages=1)
+        for tile in dict.fromkeys(tile for _, tile in FIN_TILES)
         for hidden in SUPPORTED_HIDDEN
         for norm in (False, True)
     ],
@@ -621,11 +636,12 @@ def _launch_stream(
 
 def _finalize(mix: torch.Tensor, sq: torch.Tensor, residual: torch.Tensor, fin: _Finalize) -> None:
     num_tokens, hc, hidden = residual.shape
-    compiled = _mhc_finalize_kernel[(triton.cdiv(num_tokens, FIN_TILE[0]),)](
+    tile = _fin_tile(num_tokens)
+    compiled = _mhc_finalize_kernel[(triton.cdiv(num_tokens, tile[0]),)](
         mix, sq, fin.hc_scale, fin.hc_base, residual,
         fin.norm_weight if fin.norm_weight is not None else residual, fin.post, fin.comb, fin.y,
         num_tokens, mix.shape[0], *fin.scalars,
-        **_fin_constexprs(hidden, FIN_TILE, fin.norm_weight is not None), num_warps=FIN_TILE[1], num_stages=1,
+        **_fin_constexprs(hidden, tile, fin.norm_weight is not None), num_warps=tile[1], num_stages=1,
     )  # fmt: skip
     guard_compiled("mhc.finalize", compiled)
 

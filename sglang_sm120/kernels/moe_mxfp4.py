@@ -71,13 +71,15 @@ _QUANT_BLOCKS = (1024, 512, 256, 128)  # MXFP8 quantisation of x: columns per pr
 # mean rows per expert with room (<= 3/4 full). ``scripts/sass_stats.py moe_mxfp4.gemm1`` (sm_120a): K-loop
 # instructions per mma.sync 19.6 / 11.5 / 6.6 / 5.0 for these tiles (session-4 16-row kernel: 55.1), <= 32 KB
 # smem, 0 spills in every AOT build (a 32-row tile with BLOCK_K 64 spilled in some). H100 (session 6): 4.6x faster
-# than the session-4 kernel at 4096 tokens (10.8 ms at TP 1, 115 TFLOP/s); `scripts/tune_moe_routed.py` sweeps them.
-_ROUTED_TILES = ((16, 64, 128, 4, 2), (32, 64, 128, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2))
+# than the session-4 kernel at 4096 tokens (10.8 ms at TP 1, 115 TFLOP/s). `scripts/tune_moe_routed.py --tp 1`
+# (session 8, H100, mma.sync build): the 64-row tile with 3 stages beats the 128-row one from 2048 to 8192 tokens
+# (4096: 8.0 vs 10.8 ms, 8192: 13.9 vs 20.5 ms; 2048: 4.2 vs 4.6 ms with 2 stages), so it is the last tile.
+_ROUTED_TILES = ((16, 64, 128, 4, 2), (32, 64, 128, 4, 2), (64, 64, 64, 4, 3))
 # W4A8, same row-block sizes, BLOCK_K 64 throughout (the 16- and 32-row GEMM1 with BLOCK_K 128 spill 8-12 B for
 # sm_121a). Static K loop on sm_120a (sass_stats, GEMM1): 10-18 instructions per block-scaled QMMA, each QMMA
 # the work of two bf16 mma.sync. Not yet timed or run on a GPU.
 _ROUTED_TILES_W4A8 = ((16, 64, 64, 4, 2), (32, 64, 64, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2))
-_BLOCK_MS = tuple(t[0] for t in _ROUTED_TILES)
+_BLOCK_MS = tuple(sorted({t[0] for t in _ROUTED_TILES + _ROUTED_TILES_W4A8}))  # the workspace is sized for all
 
 
 def gemv_max_tokens(inter: int) -> int:

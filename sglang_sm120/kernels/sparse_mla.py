@@ -26,7 +26,7 @@ import triton.language as tl
 
 from sglang_sm120.kernels.registry import AotConfig, register_aot
 from sglang_sm120.platform import guard_compiled, num_sms
-from sglang_sm120.reference.sparse_mla import DEFAULT_SCALE, HEAD_DIM, TOKEN_BYTES, sparse_mla_ref
+from sglang_sm120.reference.sparse_mla import DEFAULT_SCALE, HEAD_DIM, TOKEN_BYTES, sparse_mla_bf16_ref, sparse_mla_ref
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
@@ -90,10 +90,14 @@ def _gather_block(
     Returns fp8 NoPE bytes ``[NC, BLOCK_N, DC]`` u8 (0 on RoPE columns), UE8M0 bytes ``[NC, BLOCK_N, 1]``
     u8, RoPE ``[NC, BLOCK_N, DC]`` bf16 (0 on NoPE columns) and validity ``[BLOCK_N]``.  KV_BF16: the
     cache is bf16 rows (page size 1, the page stride the row stride): all 512 columns come back in the
-    RoPE slot, the fp8 and scale slots are unused.
+    RoPE slot, the fp8 and scale slots are unused, and ``epage_size`` carries the row count: slots at or
+    past it are invalid too (FlashMLA's sparse-prefill contract).
     """
     DC: tl.constexpr = 512 // NC
     valid = slot >= 0
+    if KV_BF16:
+        valid = valid & (slot < epage_size)
+        slot = tl.where(valid, slot, -1)
     base, row, srow = _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot)
     row = row[None, :, None]
     v3 = valid[None, :, None]
@@ -698,7 +702,7 @@ def sparse_mla_bf16_fwd(
     allocation, no host sync.
 
     q ``[T, H, 512]`` bf16; kv ``[N, 1, 512]`` or ``[N, 512]`` bf16 rows (unit last stride, 16-byte aligned
-    base and row stride); indices ``[T, K]`` int32 rows of kv (-1 invalid; others must be < N);
+    base and row stride); indices ``[T, K]`` int32 rows of kv (-1 or >= N: invalid);
     topk_length ``[T]`` int32 (only the first ``len`` indices count) or None; attn_sink ``[H]`` fp32 or None.
     Writes out ``[T, H, 512]`` bf16 and lse ``[T, H]`` fp32 (natural log, sink excluded, +inf for rows
     without a valid index).  One program per (row, 32 heads), never split: a prefill kernel.
@@ -722,7 +726,7 @@ def sparse_mla_bf16_fwd(
         q, q.stride(0), q.stride(1),
         raw, rows.stride(0) * 2, 1, indices, indices.stride(0),
         topk_length if topk_length is not None else indices, indices.shape[1],
-        raw, rows.stride(0) * 2, 1, indices, indices.stride(0), indices, 0,
+        raw, rows.stride(0) * 2, rows.shape[0], indices, indices.stride(0), indices, 0,
         int(topk_length is not None), 0, 1,
         attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
         out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1), lse, lse,
@@ -853,11 +857,44 @@ def flash_mla_with_kvcache(
     return out3.view(b, s_q, heads, HEAD_DIM), lse2.view(b, s_q, heads).transpose(1, 2)
 
 
+def flash_mla_sparse_fwd(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    indices: torch.Tensor,
+    sm_scale: float,
+    d_v: int = HEAD_DIM,
+    attn_sink: torch.Tensor | None = None,
+    topk_length: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, None, None]:
+    """Drop-in for FlashMLA's sparse prefill (``flash_mla_sparse_fwd``, as sgl-kernel exposes it).
+
+    q ``[s_q, H, 512]`` bf16; kv ``[s_kv, 1, 512]`` bf16 rows; indices ``[s_q, 1, topk]`` int32 rows of kv
+    (-1 or >= s_kv: invalid); topk_length ``[s_q]`` int32 or None; attn_sink ``[H]`` fp32 or None.
+    Returns ``(out [s_q, H, 512] bf16, None, None)``: FlashMLA's ``max_logits`` and base-2 ``lse`` are not
+    produced (SGLang's caller discards both), so a caller that reads them fails instead of reading
+    different quantities.  Allocates ``out`` per call like FlashMLA; CUDA tensors run
+    :func:`sparse_mla_bf16_fwd`, CPU tensors :func:`~sglang_sm120.reference.sparse_mla.sparse_mla_bf16_ref`.
+    """
+    if d_v != HEAD_DIM:
+        raise ValueError(f"d_v: expected {HEAD_DIM}, got {d_v}")
+    if not isinstance(indices, torch.Tensor) or indices.ndim != 3 or indices.shape[1] != 1:
+        shape = tuple(indices.shape) if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise ValueError(f"indices: expected [s_q, 1, topk] int32 (one KV head), got {shape}")
+    idx = indices[:, 0]
+    if q.device.type != "cuda" and not _INTERPRET:
+        return sparse_mla_bf16_ref(q, kv, idx, topk_length, attn_sink, sm_scale)[0], None, None
+    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    sparse_mla_bf16_fwd(q, kv, idx, topk_length, attn_sink, out, lse, sm_scale)
+    return out, None, None
+
+
 __all__ = [
     "MAX_SPLITS",
     "SparseMLASchedMeta",
     "SparseMLAWorkspace",
     "choose_num_splits",
+    "flash_mla_sparse_fwd",
     "flash_mla_with_kvcache",
     "get_mla_metadata",
     "shared_workspace",

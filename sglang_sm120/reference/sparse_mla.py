@@ -129,8 +129,10 @@ def sparse_mla_bf16_ref(
     attn_sink: torch.Tensor | None = None,
     softmax_scale: float = DEFAULT_SCALE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse MLA over flat bf16 rows ``kv [N, 1, 512]`` (or ``[N, 512]``); the rest as :func:`sparse_mla_ref`."""
+    """Sparse MLA over flat bf16 rows ``kv [N, 1, 512]`` (or ``[N, 512]``), indices ``>= N`` invalid like -1; the
+    rest as :func:`sparse_mla_ref`."""
     rows = kv.reshape(-1, HEAD_DIM)
+    indices = indices.masked_fill(indices >= rows.shape[0], -1)
     return _attend(q, *_gather(lambda slots: rows[slots.long()], indices, topk_length), attn_sink, softmax_scale)
 
 
