@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -433,12 +434,17 @@ PLANS: dict[str, tuple[tuple[int | None, Plan], ...]] = {
 }
 
 
+def _by_tokens(table: tuple[tuple[int | None, Any], ...], num_tokens: int) -> Any:
+    """The entry of a ``((limit, choice), ..., (None, choice))`` table for ``num_tokens``."""
+    return next(choice for limit, choice in table if limit is None or num_tokens <= limit)
+
+
 def _plan(op: str, num_tokens: int) -> Plan:
-    return next(plan for limit, plan in PLANS[op] if limit is None or num_tokens <= limit)
+    return _by_tokens(PLANS[op], num_tokens)
 
 
 def _fin_tile(num_tokens: int) -> tuple[int, int]:
-    return next(tile for limit, tile in FIN_TILES if limit is None or num_tokens <= limit)
+    return _by_tokens(FIN_TILES, num_tokens)
 
 
 def _fin_block_h(hidden: int, warps: int) -> int:

@@ -95,9 +95,8 @@ def _gather_block(
     """
     DC: tl.constexpr = 512 // NC
     valid = slot >= 0
-    if KV_BF16:
+    if KV_BF16:  # masked: a slot past the rows is never read
         valid = valid & (slot < epage_size)
-        slot = tl.where(valid, slot, -1)
     base, row, srow = _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot)
     row = row[None, :, None]
     v3 = valid[None, :, None]
