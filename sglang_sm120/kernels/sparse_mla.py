@@ -60,11 +60,19 @@ def _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size
 
 
 @triton.jit
-def _prefetch_l2(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot):
-    """``prefetch.global.L2`` every 128-B line of the 584 B of each slot (no registers held)."""
+def _prefetch_l2(
+    kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot, KV_BF16: tl.constexpr
+):
+    """``prefetch.global.L2`` every 128-B line of each slot's row: the 584 B of an fp8 row, the 1024 B of a
+    bf16 row (no registers held)."""
+    if KV_BF16:  # slots past the rows (``epage_size`` carries the count) are invalid: never addressed
+        slot = tl.where(slot < epage_size, slot, -1)
     base, row, srow = _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot)
     j = tl.arange(0, 8)[None, :]
-    addr = base + tl.where(j < 6, row[:, None] + tl.minimum(j * 128, 575), srow[:, None])
+    if KV_BF16:
+        addr = base + row[:, None] + j * 128
+    else:
+        addr = base + tl.where(j < 6, row[:, None] + tl.minimum(j * 128, 575), srow[:, None])
     tl.inline_asm_elementwise(
         "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [addr], dtype=tl.int32, is_pure=False, pack=1
     )
@@ -250,12 +258,13 @@ def _sparse_mla_kernel(
                 epage_size,
                 lo + d >= nb0,
                 _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + d, hi, BLOCK_N),
+                KV_BF16,
             )
         ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + L2_AHEAD, hi, BLOCK_N)
     for blk in range(lo, hi):
         if L2_AHEAD > 0:
             _prefetch_l2(
-                kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, blk + L2_AHEAD >= nb0, ahead
+                kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, blk + L2_AHEAD >= nb0, ahead, KV_BF16
             )
             ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk + L2_AHEAD + 1, hi, BLOCK_N)
         kb, sb, kr, valid = _gather_block(
@@ -407,26 +416,17 @@ _MAIN_SIG = {
 }
 
 
+def _aot_config(c: _Cfg, split: bool, bf16: bool) -> AotConfig:
+    """The build of tile ``c``, split-K or not, over the fp8 cache or the bf16 workspace (``bf16``)."""
+    consts = {"BLOCK_H": c.block_h, "BLOCK_N": c.block_n, "NC": c.nc, "SPLIT": split, "L2_AHEAD": c.l2_ahead}
+    return AotConfig({**consts, "UPCAST": False, "KV_BF16": bf16}, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
 def _aot_configs() -> list[AotConfig]:
     """The builds :func:`_pick_cfg` can launch: both decode tiles split or not, prefill unsplit."""
     builds = [(_CFG_DECODE_SMALL, False, False), (_CFG_DECODE_SMALL, True, False), (_CFG_DECODE_LARGE, False, False)]
     builds += [(_CFG_DECODE_LARGE, True, False), (_CFG_PREFILL, False, False), (_CFG_PREFILL, False, True)]
-    return [
-        AotConfig(
-            {
-                "BLOCK_H": c.block_h,
-                "BLOCK_N": c.block_n,
-                "NC": c.nc,
-                "SPLIT": split,
-                "L2_AHEAD": c.l2_ahead,
-                "UPCAST": False,
-                "KV_BF16": bf16,
-            },
-            num_warps=c.num_warps,
-            num_stages=c.num_stages,
-        )
-        for c, split, bf16 in builds
-    ]
+    return [_aot_config(c, split, bf16) for c, split, bf16 in builds]
 
 
 register_aot("sparse_mla.attend", _sparse_mla_kernel, signature=_MAIN_SIG, configs=_aot_configs())
