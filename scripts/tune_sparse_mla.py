@@ -12,7 +12,7 @@ rows): ``bs8`` / ``bs32`` time the four layers' calls (SWA-only, C4, C128, C4; v
 index combiner writes it, -1 padded to a multiple of 128) back to back; ``long4k`` is one 4096-token prompt on a C4
 layer (top-k 512 + SWA 128 = 640 valid candidates per row from row 2048 on).  µs per case (CUDA-graph replays),
 TFLOP/s on valid candidates (4 x 512 FLOP per head and candidate), and sgl-kernel's FlashMLA ``flash_mla_sparse_fwd``
-(SM90) on the same inputs when it is installed.  * marks the shipped tile (``sparse_mla._CFG_PREFILL``), ** the
+(SM90) on the same inputs when it is installed.  * marks the shipped tile (``sparse_mla._CFG_PREFILL_BF16``), ** the
 fastest per row.  Headline numbers need ``DISABLE_MMA_V3=1``.
 """
 
@@ -30,11 +30,11 @@ PROMPT = 256
 WINDOW = 128
 TOPK = 512
 ALIGN = 128  # SGLang pads the combined index rows to a multiple of 128 (FlashMLA's B_TOPK)
-# The shipped tile, its L2-prefetch and 2-stage variants, and every 16/32-head x 16/32-candidate build that had 0 spills
-# on sm_120a in a CPU screen (NC = 1 spills 1-30 KB, NC = 2 at 32 rows or candidates spills, 16 warps spill).
+# The shipped tile, the 8-warp tile it replaced, and the runners-up of the 2026-12-07 H100 sweep (4 warps beat 8 by ~2x
+# at every size; in a CPU screen NC = 1 spilled 1-30 KB, NC = 2 with 32 heads or candidates spilled, 16 warps spilled).
 DEFAULT_TILES = (
-    "h32n32c8w8s1p0,h32n32c8w8s1p2,h32n32c8w8s2p0,h16n16c8w8s1p0,h16n16c8w8s1p2,h16n16c8w4s1p0,h16n16c4w4s1p0,"
-    "h16n16c4w8s1p0,h16n16c2w4s1p0,h16n32c8w8s1p0,h16n32c8w4s1p0,h16n32c4w4s1p0,h32n16c8w8s1p0,h32n16c4w4s1p0"
+    "h32n16c4w4s2p0,h32n32c8w8s1p0,h32n16c4w4s1p0,h32n16c4w4s2p2,h32n16c8w4s2p0,h16n16c4w4s1p0,h16n16c4w4s2p0,"
+    "h16n16c4w2s1p0,h16n32c4w4s1p0,h16n16c8w8s1p0"
 )
 CASES = ("bs8", "bs32", "long4k")
 
@@ -121,7 +121,7 @@ def _time_us(fn) -> float:
 
 
 def time_case(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]:
-    """µs of every passing tile (forced through ``sparse_mla._CFG_PREFILL``) and of FlashMLA, on one case."""
+    """µs of every passing tile (forced through ``sparse_mla._CFG_PREFILL_BF16``) and of FlashMLA, on one case."""
     import torch
 
     from sglang_sm120.kernels import sparse_mla
@@ -133,13 +133,13 @@ def time_case(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]:
             sparse_mla.sparse_mla_bf16_fwd(q, kv, idx, lens, sink, out, lse)
 
     res: dict[str, float | str] = {}
-    shipped = sparse_mla._CFG_PREFILL
+    shipped = sparse_mla._CFG_PREFILL_BF16
     for text in tiles:
-        sparse_mla._CFG_PREFILL = parse_tile(text)
+        sparse_mla._CFG_PREFILL_BF16 = parse_tile(text)
         try:
             res[text] = _time_us(ours)
         finally:
-            sparse_mla._CFG_PREFILL = shipped
+            sparse_mla._CFG_PREFILL_BF16 = shipped
         print(f"  {text}: {res[text]:.1f} us", file=sys.stderr, flush=True)
 
     def make_flashmla():
@@ -158,7 +158,7 @@ def time_case(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]:
 def render(tiles: list[str], gates: dict[str, tuple[bool, str]], results: dict[str, dict], flops: dict) -> str:
     from sglang_sm120.kernels import sparse_mla
 
-    ship = tile_name(sparse_mla._CFG_PREFILL)
+    ship = tile_name(sparse_mla._CFG_PREFILL_BF16)
     lines = [
         f"Sparse MLA prefill (bf16 workspace), {HEADS} heads; "
         f"DISABLE_MMA_V3={os.environ.get('DISABLE_MMA_V3', 'unset')}. µs per case (TFLOP/s on valid candidates); "

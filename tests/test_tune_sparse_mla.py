@@ -23,7 +23,7 @@ def test_tile_notation_round_trips_and_rejects_garbage():
 
 
 def test_default_candidates_include_the_shipped_tile():
-    assert tune_sparse_mla.tile_name(sparse_mla._CFG_PREFILL) in tune_sparse_mla.DEFAULT_TILES.split(",")
+    assert tune_sparse_mla.tile_name(sparse_mla._CFG_PREFILL_BF16) in tune_sparse_mla.DEFAULT_TILES.split(",")
 
 
 @pytest.mark.parametrize("ratio,n_comp,topk", [(0, 0, 0), (4, 16, 512), (4, 16, 8), (32, 2, 2)])
@@ -46,7 +46,7 @@ def test_layer_indices_match_sglangs_combined_rows(ratio, n_comp, topk):
 
 
 def test_render_marks_shipped_and_fastest():
-    shipped = tune_sparse_mla.tile_name(sparse_mla._CFG_PREFILL)
+    shipped = tune_sparse_mla.tile_name(sparse_mla._CFG_PREFILL_BF16)
     other = "h16n16c4w4s1p0"
     res = {"bs8": {shipped: 200.0, other: 100.0, "flashmla": "FlashMLA unavailable: ImportError"}}
     gates = {shipped: (True, "regs 1"), other: (True, "regs 2")}

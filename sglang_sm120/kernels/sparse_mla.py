@@ -219,6 +219,8 @@ def _sparse_mla_kernel(
     ``part_o [T, H, num_splits, 512]`` fp32 (normalized) and ``part_lse [T, H, num_splits]`` (log2).
     """
     DC: tl.constexpr = 512 // NC
+    # one UE8M0 scale per 64 fp8 columns is applied per chunk: fp8 rows need chunks of at most 64 columns
+    tl.static_assert(KV_BF16 or NC >= 8, "sparse_mla: the fp8 cache needs NC >= 8 (chunks of <= 64 columns)")
     pid = tl.program_id(0)
     split = tl.program_id(1)
     n_hb = tl.cdiv(H, BLOCK_H)
@@ -375,6 +377,9 @@ _CFG_DECODE_SMALL = _Cfg(16, 16)
 _CFG_DECODE_LARGE = _Cfg(32, 32, l2_ahead=2, min_blocks=3)
 # Prefill (rows x 32-head blocks >= 2 x SMs, never split); the L2 prefetch was not timed there.
 _CFG_PREFILL = _Cfg(32, 32)
+# Prefill over the bf16 workspace (no per-chunk UE8M0 scale, so chunks may be 128 wide): the fastest 0-spill tile of
+# scripts/tune_sparse_mla.py on the H100 (mma.sync; 6.97 vs 16.68 ms for the bs-32 e2e prefill's four layers).
+_CFG_PREFILL_BF16 = _Cfg(32, 16, num_warps=4, num_stages=2, nc=4)
 # The large decode tile from this many 16-head programs (rows x cdiv(H, 16)) on, for H >= 32: in the
 # sweep the small tile won at 16 and 32 programs (bs 8 at q_len 1 and 2), the large one from 64 on.
 LARGE_DECODE_PROGRAMS = 48
@@ -425,7 +430,7 @@ def _aot_config(c: _Cfg, split: bool, bf16: bool) -> AotConfig:
 def _aot_configs() -> list[AotConfig]:
     """The builds :func:`_pick_cfg` can launch: both decode tiles split or not, prefill unsplit."""
     builds = [(_CFG_DECODE_SMALL, False, False), (_CFG_DECODE_SMALL, True, False), (_CFG_DECODE_LARGE, False, False)]
-    builds += [(_CFG_DECODE_LARGE, True, False), (_CFG_PREFILL, False, False), (_CFG_PREFILL, False, True)]
+    builds += [(_CFG_DECODE_LARGE, True, False), (_CFG_PREFILL, False, False), (_CFG_PREFILL_BF16, False, True)]
     return [_aot_config(c, split, bf16) for c, split, bf16 in builds]
 
 
@@ -719,7 +724,7 @@ def sparse_mla_bf16_fwd(
     _check_len("topk_length", topk_length, t_rows)
     if t_rows == 0:
         return
-    cfg = _CFG_PREFILL
+    cfg = _CFG_PREFILL_BF16
     raw = rows.view(torch.uint8)
     compiled = _sparse_mla_kernel[(t_rows * triton.cdiv(heads, cfg.block_h), 1)](
         q, q.stride(0), q.stride(1),
