@@ -1,19 +1,25 @@
-"""Sweep: sparse-MLA prefill tiles (bf16 workspace, ``sparse_mla_bf16_fwd``) on SGLang-shaped prefill batches, one GPU.
+"""Sweep: sparse-MLA tiles on SGLang-shaped prefill batches (bf16 workspace) or decode batches (fp8 cache), one GPU.
 
-    DISABLE_MMA_V3=1 PYTHONPATH=. python scripts/tune_sparse_mla.py [--cases bs8,bs32,long4k]
+    DISABLE_MMA_V3=1 PYTHONPATH=. python scripts/tune_sparse_mla.py [--cases bs8,bs32,long4k | dec1,dec8,dec32,...]
                                      [--tiles h32n32c8w8s1p0,...] [--out FILE.md]
 
 Tile notation ``h<BLOCK_H>n<BLOCK_N>c<NC>w<warps>s<stages>p<L2_AHEAD>`` (heads per program, candidates per step,
-column chunks, warps, pipeline stages, blocks prefetched into L2 ahead).  Every candidate first passes the AOT gate
-for ``sm_120a`` (the ``KV_BF16`` build, every alignment variant: <= 101,376 B shared memory, 0 spills); a failing
-one is listed and not timed.  Cases mirror what SGLang 0.5.16's ``_forward_prefill_sparse`` hands FlashMLA for the
-e2e benchmark's tiny DSV4 (64 heads, 256-token prompts, workspace = per request its compressed rows then its SWA
-rows): ``bs8`` / ``bs32`` time the four layers' calls (SWA-only, C4, C128, C4; valid prefix per row as SGLang's
-index combiner writes it, -1 padded to a multiple of 128) back to back; ``long4k`` is one 4096-token prompt on a C4
-layer (top-k 512 + SWA 128 = 640 valid candidates per row from row 2048 on).  µs per case (CUDA-graph replays),
-TFLOP/s on valid candidates (4 x 512 FLOP per head and candidate), and sgl-kernel's FlashMLA ``flash_mla_sparse_fwd``
-(SM90) on the same inputs when it is installed.  * marks the shipped tile (``sparse_mla._CFG_PREFILL_BF16``), ** the
-fastest per row.  Headline numbers need ``DISABLE_MMA_V3=1``.
+column chunks, warps, pipeline stages, blocks prefetched into L2 ahead; a prefetching tile leaves each split
+L2_AHEAD + 1 blocks).  Every candidate first passes the AOT gate for ``sm_120a`` on the builds its cases launch
+(prefill: the ``KV_BF16`` build; decode: the fp8-cache build split and unsplit; every alignment variant: <= 101,376 B
+shared memory, 0 spills); a failing one is listed and not timed.
+
+Prefill cases mirror what SGLang 0.5.16's ``_forward_prefill_sparse`` hands FlashMLA for the e2e benchmark's tiny
+DSV4 (64 heads, 256-token prompts, workspace = per request its compressed rows then its SWA rows): ``bs8`` /
+``bs32`` time the four layers' calls (SWA-only, C4, C128, C4; valid prefix per row as SGLang's index combiner
+writes it, -1 padded to a multiple of 128) back to back; ``long4k`` is one 4096-token prompt on a C4 layer (top-k
+512 + SWA 128 = 640 valid candidates per row from row 2048 on).  The tile is forced through
+``sparse_mla._CFG_PREFILL_BF16``; the last column is sgl-kernel's FlashMLA ``flash_mla_sparse_fwd`` (SM90) on the
+same inputs when it is installed.  Decode cases are ``bench_sparse_mla.py``'s (32 heads = TP 2, SWA 128 + C4 top-k
+512 over an 8K context): ``dec<bs>`` one token per request, ``mtp32`` 32 requests x 2 tokens; the tile is forced
+through ``sparse_mla._pick_cfg`` (split count as ``choose_num_splits`` gives it for that tile) and the ``auto``
+column is the shipped choice.  µs per case (CUDA-graph replays) and TFLOP/s on valid candidates (4 x 512 FLOP per
+head and candidate); * marks the shipped tile, ** the fastest per row.  Headline numbers need ``DISABLE_MMA_V3=1``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,12 @@ DEFAULT_TILES = (
     "h32n16c4w4s2p0,h32n32c8w8s1p0,h32n16c4w4s1p0,h32n16c4w4s2p2,h32n16c8w4s2p0,h16n16c4w4s1p0,h16n16c4w4s2p0,"
     "h16n16c4w2s1p0,h16n32c4w4s1p0,h16n16c8w8s1p0"
 )
-CASES = ("bs8", "bs32", "long4k")
+DECODE_TILES = "h16n16c8w8s1p0,h32n32c8w8s1p2,h16n16c8w4s1p0,h16n32c8w4s1p0,h32n16c8w4s1p2,h32n32c8w4s1p2"
+PREFILL_CASES = ("bs8", "bs32", "long4k")
+DECODE_CASES = {"dec1": (1, 1), "dec8": (8, 1), "dec32": (32, 1), "dec64": (64, 1), "mtp32": (32, 2)}
+CASES = (*PREFILL_CASES, *DECODE_CASES)
+DECODE_CTX = 8192
+AUTO = "auto"
 
 
 def parse_tile(text: str):
@@ -47,21 +58,26 @@ def parse_tile(text: str):
     if not m:
         raise ValueError(f"tile {text!r}: expected h<BLOCK_H>n<BLOCK_N>c<NC>w<WARPS>s<STAGES>p<L2_AHEAD>")
     bh, bn, nc, nw, ns, l2 = (int(v) for v in m.groups())
-    return _Cfg(bh, bn, num_warps=nw, num_stages=ns, nc=nc, l2_ahead=l2)
+    return _Cfg(bh, bn, num_warps=nw, num_stages=ns, nc=nc, l2_ahead=l2, min_blocks=l2 + 1)
 
 
 def tile_name(cfg) -> str:
     return f"h{cfg.block_h}n{cfg.block_n}c{cfg.nc}w{cfg.num_warps}s{cfg.num_stages}p{cfg.l2_ahead}"
 
 
-def aot_gate(text: str) -> tuple[bool, str]:
-    """(passes, "regs R, smem B" or the problems) of the ``KV_BF16`` prefill build on sm_120a, every variant."""
+def aot_gate(text: str, decode: bool = False) -> tuple[bool, str]:
+    """(passes, "regs R, smem B" or the problems) on sm_120a, every variant, of the ``KV_BF16`` prefill build or
+    (``decode``) of the fp8-cache build split and unsplit."""
     from sglang_sm120.kernels import sparse_mla
     from sglang_sm120.kernels.registry import registered
 
     kernel = next(k for k in registered() if k.name == "sparse_mla.attend")
-    regs, smem, problems = aot_all_variants(kernel, sparse_mla._aot_config(parse_tile(text), split=False, bf16=True))
-    return not problems, "; ".join(problems) or f"regs {regs}, smem {smem}"
+    cfg = parse_tile(text)
+    builds = [(True, False), (False, False)] if decode else [(False, True)]
+    found = [aot_all_variants(kernel, sparse_mla._aot_config(cfg, split=sp, bf16=bf)) for sp, bf in builds]
+    problems = [p for _, _, probs in found for p in probs]
+    regs = "/".join(str(r) for r, _, _ in found)
+    return not problems, "; ".join(problems) or f"regs {regs}, smem {found[0][1]}"
 
 
 def layer_indices(bs: int, prompt: int, compressed_per_req: int, ratio: int, topk: int):
@@ -88,7 +104,7 @@ def layer_indices(bs: int, prompt: int, compressed_per_req: int, ratio: int, top
 
 
 def make_case(name: str, seed: int = 0) -> list[tuple]:
-    """The calls of one case: ``[(q, kv, indices, lens, sink, flop), ...]`` on the GPU."""
+    """The calls of one prefill case: ``[(q, kv, indices, lens, sink, flop), ...]`` on the GPU."""
     import torch
 
     torch.manual_seed(seed)
@@ -101,7 +117,7 @@ def make_case(name: str, seed: int = 0) -> list[tuple]:
         specs = [(4096 // 4, 4, TOPK)]
         bs_prompt = (1, 4096)
     else:
-        raise ValueError(f"case {name!r}: expected one of {', '.join(CASES)}")
+        raise ValueError(f"case {name!r}: expected one of {', '.join(PREFILL_CASES)}")
     calls = []
     for n_comp, ratio, topk in specs:
         idx, lens, rows = layer_indices(*bs_prompt, n_comp, ratio, topk)
@@ -120,8 +136,9 @@ def _time_us(fn) -> float:
     return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
 
 
-def time_case(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]:
-    """µs of every passing tile (forced through ``sparse_mla._CFG_PREFILL_BF16``) and of FlashMLA, on one case."""
+def time_prefill(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]:
+    """µs of every passing tile (forced through ``sparse_mla._CFG_PREFILL_BF16``) and of FlashMLA, on one prefill
+    case."""
     import torch
 
     from sglang_sm120.kernels import sparse_mla
@@ -155,54 +172,106 @@ def time_case(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]:
     return res
 
 
-def render(tiles: list[str], gates: dict[str, tuple[bool, str]], results: dict[str, dict], flops: dict) -> str:
+def time_decode(name: str, tiles: list[str]) -> tuple[dict[str, float | str], int]:
+    """µs of the shipped choice (``auto``, its tile in the cell) and of every passing tile forced through
+    ``sparse_mla._pick_cfg`` on one decode case; the case's FLOP."""
+    import torch
+    from bench_sparse_mla import SWA, TOPK, make_inputs
+
     from sglang_sm120.kernels import sparse_mla
 
+    heads = 32
+    bs, s_q = DECODE_CASES[name]
+    q, swa, swa_idx, swa_len, c4, c4_idx, c4_len, sink = make_inputs(DECODE_CTX, bs, s_q)
+    t = bs * s_q
+    q = q[:, :heads].contiguous()
+    sink = sink[heads : 2 * heads]
+    out = torch.empty(t, heads, 512, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(t, heads, dtype=torch.float32, device="cuda")
+    dev = torch.device("cuda")
+
+    def timed() -> float:
+        splits = sparse_mla.choose_num_splits(t, heads, SWA, TOPK, dev)
+        ws = sparse_mla.workspace_for(t, heads, SWA, TOPK, "cuda")
+        args = (q, swa, swa_idx, swa_len, sink, c4, c4_idx, c4_len, out, lse, ws, splits)
+        return _time_us(lambda: sparse_mla.sparse_mla_fwd(*args, rows_per_length=s_q))
+
+    picked = sparse_mla._pick_cfg(t, heads, dev, split=sparse_mla.choose_num_splits(t, heads, SWA, TOPK, dev) > 1)
+    res: dict[str, float | str] = {AUTO: timed(), "auto_tile": tile_name(picked)}
+    shipped = sparse_mla._pick_cfg
+    for text in tiles:
+        forced = parse_tile(text)
+        sparse_mla._pick_cfg = lambda *a, cfg=forced, **k: cfg
+        try:
+            res[text] = timed()
+        finally:
+            sparse_mla._pick_cfg = shipped
+        print(f"  {text}: {res[text]:.1f} us", file=sys.stderr, flush=True)
+    return res, 4 * 512 * heads * t * (SWA + TOPK)
+
+
+def render(tiles: list[str], gates: dict[str, tuple[bool, str]], results: dict[str, dict], flops: dict) -> str:
+    """Markdown table, a row per case; prefill rows end with FlashMLA, decode rows start with the shipped choice."""
+    from sglang_sm120.kernels import sparse_mla
+
+    decode = any(case in DECODE_CASES for case in results)
     ship = tile_name(sparse_mla._CFG_PREFILL_BF16)
+    cols = [AUTO, *tiles] if decode else [*tiles, "flashmla"]
     lines = [
-        f"Sparse MLA prefill (bf16 workspace), {HEADS} heads; "
+        f"Sparse MLA {'decode (fp8 cache, 32 heads)' if decode else 'prefill (bf16 workspace), 64 heads'}; "
         f"DISABLE_MMA_V3={os.environ.get('DISABLE_MMA_V3', 'unset')}. µs per case (TFLOP/s on valid candidates); "
-        "* = shipped, ** = fastest; last column FlashMLA (SM90).",
+        + ("* = shipped choice (auto: the tile it picks)" if decode else "* = shipped, last column FlashMLA (SM90)")
+        + ", ** = fastest.",
         "",
-        "| case | " + " | ".join(tiles) + " | FlashMLA |",
-        "|---|" + "---|" * (len(tiles) + 1),
+        "| case | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
     for case, res in results.items():
         times = {t: res[t] for t in tiles if isinstance(res.get(t), float)}
         best = min(times, key=times.get) if times else None
         cells = []
-        for t in [*tiles, "flashmla"]:
+        for t in cols:
             us = res.get(t)
             if not isinstance(us, float):
                 cells.append("-" if us is None else str(us))
                 continue
-            mark = ("**" if t == best else "") + ("*" if t == ship else "")
-            cells.append(f"{us:.0f} ({flops[case] / us * 1e-6:.0f}){mark}")
+            mark = ("**" if t == best else "") + ("*" if t == (res.get("auto_tile") if decode else ship) else "")
+            name = f" {res['auto_tile']}" if t == AUTO else ""
+            cells.append(f"{us:.0f} ({flops[case] / us * 1e-6:.0f}){name}{mark}")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
-    lines += ["", "AOT gate (sm_120a, KV_BF16): " + "; ".join(f"{t} {why}" for t, (_, why) in gates.items())]
+    build = "fp8 cache, split + unsplit" if decode else "KV_BF16"
+    lines += ["", f"AOT gate (sm_120a, {build}): " + "; ".join(f"{t} {why}" for t, (_, why) in gates.items())]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--tiles", default=DEFAULT_TILES)
+    ap.add_argument("--cases", default=",".join(PREFILL_CASES), help="prefill cases or decode cases, not both")
+    ap.add_argument("--tiles", default=None, help=f"default: {DEFAULT_TILES} (prefill), {DECODE_TILES} (decode)")
     add_sweep_args(ap)
     args = ap.parse_args()
-    tiles = args.tiles.split(",")
-    for t in tiles:
-        parse_tile(t)
     cases = args.cases.split(",")
     if bad := [c for c in cases if c not in CASES]:
         ap.error(f"unknown case(s) {', '.join(bad)}: expected some of {', '.join(CASES)}")
-    gates = {key[0]: v for key, v in run_gates(aot_gate, [(t,) for t in tiles], args.jobs).items()}
+    decode = cases[0] in DECODE_CASES
+    if any((c in DECODE_CASES) != decode for c in cases):
+        ap.error("--cases: prefill and decode cases time different builds; sweep them in separate runs")
+    tiles = (args.tiles or (DECODE_TILES if decode else DEFAULT_TILES)).split(",")
+    for t in tiles:
+        cfg = parse_tile(t)
+        if decode and cfg.nc < 8:
+            ap.error(f"tile {t}: the fp8 cache needs NC >= 8 (one UE8M0 scale per 64 columns)")
+    gates = {key[0]: v for key, v in run_gates(aot_gate, [(t, decode) for t in tiles], args.jobs).items()}
     passing = [t for t in tiles if gates[t][0]]
     results, flops = {}, {}
     for case in cases:
-        calls = make_case(case)
-        flops[case] = sum(c[-1] for c in calls)
         print(f"case {case}:", file=sys.stderr, flush=True)
-        results[case] = time_case(calls, passing)
+        if decode:
+            results[case], flops[case] = time_decode(case, passing)
+        else:
+            calls = make_case(case)
+            flops[case] = sum(c[-1] for c in calls)
+            results[case] = time_prefill(calls, passing)
     emit_table(render(tiles, gates, results, flops), args.out)
 
 
