@@ -261,7 +261,8 @@ def main() -> None:
         cfg = parse_tile(t)
         if decode and cfg.nc < 8:
             ap.error(f"tile {t}: the fp8 cache needs NC >= 8 (one UE8M0 scale per 64 columns)")
-    gates = {key[0]: v for key, v in run_gates(aot_gate, [(t, decode) for t in tiles], args.jobs).items()}
+    checked = run_gates(aot_gate, [(t, decode) for t in tiles], args.jobs, lambda key: key[0])
+    gates = {key[0]: v for key, v in checked.items()}
     passing = [t for t in tiles if gates[t][0]]
     results, flops = {}, {}
     for case in cases:

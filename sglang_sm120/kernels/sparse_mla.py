@@ -5,14 +5,15 @@ optional extra list (C4 top-k or C128), each a list of slots into a paged fp8 KV
 layout (see :mod:`sglang_sm120.reference.sparse_mla`), with a per-head sink logit in the
 denominator.  Kernel: one program per (row, block of BLOCK_H heads, candidate split); gathers
 BLOCK_N slots per step, dequantizes FP8 NoPE x UE8M0 into a bf16 tile (RoPE columns taken as
-bf16) held as ``[NC, BLOCK_N, 512 / NC]`` column chunks, one chunk per warp: QK and PV are
+bf16) held as ``[NC, BLOCK_N, 512 / NC]`` column chunks spread over the warps: QK and PV are
 batched ``tl.dot`` over the chunks (QK partial sums reduced over chunks, the ``[NC, BLOCK_H,
 512 / NC]`` fp32 accumulator split across warps without replication), online softmax in base 2.
 The tile follows the launch size (:func:`_pick_cfg`): 16 heads x 16 candidates with many splits for
 small decode batches, 32 heads x 32 candidates with an L2 prefetch two blocks ahead for large ones,
-32 x 32 unsplit for prefill.  With more than one split, partials ``(o / l, log2 l + m)`` go to a
-workspace and a combine kernel merges them and applies the sink.  No host syncs, no allocation in
-:func:`sparse_mla_fwd`.
+32 x 32 unsplit for prefill; prefill over SGLang's bf16 workspace (:func:`sparse_mla_bf16_fwd`) takes
+32 heads x 16 candidates in four 128-column chunks on 4 warps.  With more than one split, partials
+``(o / l, log2 l + m)`` go to a workspace and a combine kernel merges them and applies the sink.  No
+host syncs, no allocation in :func:`sparse_mla_fwd`.
 """
 
 from __future__ import annotations
@@ -354,9 +355,9 @@ def _sparse_mla_combine_kernel(
 @dataclass(frozen=True)
 class _Cfg:
     """Launch configuration: ``block_h`` heads per program (16 = the mma M; heads past H are masked),
-    ``block_n`` candidates per step, ``nc`` column chunks (one per warp), L2 prefetch ``l2_ahead``
-    blocks ahead, and the fewest candidate blocks per split :func:`choose_num_splits` leaves a program
-    (the prefetch needs a few)."""
+    ``block_n`` candidates per step, ``nc`` column chunks (the batch axis of both dots, spread over the
+    warps), L2 prefetch ``l2_ahead`` blocks ahead, and the fewest candidate blocks per split
+    :func:`choose_num_splits` leaves a program (the prefetch needs a few)."""
 
     block_h: int
     block_n: int
@@ -372,13 +373,15 @@ class _Cfg:
 # candidates most finely (bs 1: 13.3 us vs 42.2 us for the large tile, bs 8: 22.6 vs 42.9).  Many
 # programs: 32-head programs gather and dequantise each KV row once per 32 heads and prefetch two
 # blocks ahead into L2 (bs 32: 55.6 vs 75.9 us, bs 64: 105.2 vs 146.0; MTP q_len 2 bs 32: 103.0 vs
-# 141.3).  All builds have 0 spills in every AOT specialisation.
-_CFG_DECODE_SMALL = _Cfg(16, 16)
+# 141.3).  The small tile runs on 4 warps (scripts/tune_sparse_mla.py --cases dec1,dec8,dec32,dec64,mtp32:
+# bs 8 20.5 vs 22.4 us for 8 warps, never slower at bs 1-64).  All builds have 0 spills in every AOT specialisation.
+_CFG_DECODE_SMALL = _Cfg(16, 16, num_warps=4)
 _CFG_DECODE_LARGE = _Cfg(32, 32, l2_ahead=2, min_blocks=3)
 # Prefill (rows x 32-head blocks >= 2 x SMs, never split); the L2 prefetch was not timed there.
 _CFG_PREFILL = _Cfg(32, 32)
 # Prefill over the bf16 workspace (no per-chunk UE8M0 scale, so chunks may be 128 wide): the fastest 0-spill tile of
-# scripts/tune_sparse_mla.py on the H100 (mma.sync; 6.97 vs 16.68 ms for the bs-32 e2e prefill's four layers).
+# scripts/tune_sparse_mla.py on the H100 (mma.sync; 6.97 vs 16.68 ms for the bs-32 e2e prefill's four layers; the L2
+# prefetch gained nothing there).
 _CFG_PREFILL_BF16 = _Cfg(32, 16, num_warps=4, num_stages=2, nc=4)
 # The large decode tile from this many 16-head programs (rows x cdiv(H, 16)) on, for H >= 32: in the
 # sweep the small tile won at 16 and 32 programs (bs 8 at q_len 1 and 2), the large one from 64 on.
