@@ -273,6 +273,29 @@ def test_bad_input():
         kern.hc_prenorm_gemm(r.view(2, -1), fn[:, :8].contiguous(), torch.empty(2, 24), torch.empty(2))
 
 
+def _offset(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` whose base is one element past a 16-byte boundary."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype)[1:]
+    return flat.view(t.shape).copy_(t)
+
+
+def test_unaligned_bases_are_rejected():
+    """The stream kernel vectorises residual / x / fn accesses on 16-byte aligned bases (its hints)."""
+    hidden = 64
+    fn, scale, base, _ = _params(hidden)
+    r = _residual(2, hidden)
+    x, p, c = _prev_mix(2, hidden)
+    with pytest.raises(ValueError, match="residual: expected a 16-byte aligned base"):
+        kern.mhc_pre(_offset(r), fn, scale, base, *_pre_args())
+    with pytest.raises(ValueError, match="fn: expected a 16-byte aligned base"):
+        kern.mhc_fused_post_pre(x, r, p, c, _offset(fn), scale, base, *_pre_args())
+    with pytest.raises(ValueError, match="x: expected a 16-byte aligned base"):
+        kern.mhc_post(_offset(x), r, p, c)
+    with pytest.raises(ValueError, match="a: expected a 16-byte aligned base"):
+        kern.hc_prenorm_gemm(_offset(r.view(2, -1)), fn, torch.empty(2, 24), torch.empty(2))
+    kern.mhc_post(x, r, p, c)  # the aligned originals pass
+
+
 # ----------------------------------------------------------------------------- GPU: real shapes, graphs
 
 GPU_TOKENS = [1, 7, 64, 4096]

@@ -291,6 +291,11 @@ def _mhc_stream_kernel(
     res_blk = res_ptr + t0.to(tl.int64) * (HC * H)
     out_blk = res_out_ptr + t0.to(tl.int64) * (HC * H)
     x_blk = x_ptr + t0.to(tl.int64) * H
+    if DO_POST:  # bases 16-byte aligned (the wrappers check): vector accesses whatever the JIT specialised on
+        res_blk = tl.multiple_of(res_blk, 16)
+        out_blk = tl.multiple_of(out_blk, 16)
+        x_blk = tl.multiple_of(x_blk, 16)
+        fn_ptr = tl.multiple_of(fn_ptr, 16)
     row = tl.arange(0, BLOCK_T)[:, None] * (HC * H)
     h_lo = tl.multiple_of(pid_s * h_per_split, BLOCK_H)
 
@@ -423,13 +428,17 @@ class Plan:
 #   tiles beat 32 x 32 (501 us) but spill in the noalign build; 64 x 16 does not (untimed).
 # * Session 8 (same script, op times): pre on 64 x 16 tiles with 4 warps 17.6 vs 27.0 us (16 x 64) at T = 256;
 #   128 x 32 57 vs 91 us at 1024.  Fused: 32 x 32 beats 16 x 32 from T = 512 (80 vs 116 us; 4096: 609 vs 895).
-#   Faster fused tiles (64 x 16 with 4 warps: 323 us at 4096; 128 x 16: 387 us) spill 24-32 B in the unaligned
-#   (``noalign``) build, so they are not used.
+#   Faster fused tiles (64 x 16 with 4 warps: 323 us at 4096; 128 x 16: 387 us) spilled 24-32 B in the unaligned
+#   (``noalign``) build.
+# * Session 9: 16-byte hints on the residual / x / fn bases of the hc_post ops (the wrappers check them) remove
+#   that spill (on mhc_pre's 128 x 32 tile they would add one) and leave every aligned build's PTX unchanged, so
+#   the session-8 timings stand: fused runs 64 x 16 on 4 warps above 2048 tokens (measured at 4096: 323 vs
+#   609 us; 2049..4095 interpolated).
 _FMA_T1 = Plan(1, 32, 4, 1, DOT_FMA, fused=True)
 _PRE_T16, _PRE_T64 = Plan(16, 64, 4, 2), Plan(64, 32, 8, 2)
 PLANS: dict[str, tuple[tuple[int | None, Plan], ...]] = {
     "pre": ((2, _FMA_T1), (16, _PRE_T16), (64, _PRE_T64), (256, Plan(64, 16, 4, 2)), (None, Plan(128, 32, 8, 2))),
-    "fused": ((2, _FMA_T1), (256, Plan(16, 32, 8, 2)), (None, Plan(32, 32, 8, 2))),
+    "fused": ((2, _FMA_T1), (256, Plan(16, 32, 8, 2)), (2048, Plan(32, 32, 8, 2)), (None, Plan(64, 16, 4, 2))),
     "post": ((None, Plan(1, 512, 4, 1, waves=0)),),
 }
 
@@ -538,6 +547,12 @@ def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtyp
         raise ValueError(f"{name}: expected a contiguous tensor of shape {tuple(shape)}")
 
 
+def _check_aligned(name: str, t: torch.Tensor) -> None:
+    """The stream kernel vectorises its accesses to the residual, x and fn assuming 16-byte aligned bases."""
+    if t.data_ptr() % 16:
+        raise ValueError(f"{name}: expected a 16-byte aligned base address, got {t.data_ptr():#x} (an offset view?)")
+
+
 def _check_hidden(name: str, hidden: int) -> None:
     """Only registered (AOT-checked) hidden sizes launch on a GPU; the interpreter takes any."""
     if hidden not in SUPPORTED_HIDDEN and not _interpreting():
@@ -555,6 +570,8 @@ def _check_params(
     if residual.dtype != torch.bfloat16 or not residual.is_contiguous():
         raise ValueError(f"residual: expected contiguous bf16 [..., {hc}, {hidden}], got {residual.dtype}")
     _check("fn", fn, (N_MIX, hc * hidden), torch.float32)
+    _check_aligned("residual", residual)
+    _check_aligned("fn", fn)
     _check("hc_scale", hc_scale, (3,), torch.float32)
     _check("hc_base", hc_base, (N_MIX,), torch.float32)
     _check_hidden("residual", hidden)
@@ -686,6 +703,8 @@ def hc_prenorm_gemm(
         raise ValueError(f"b: expected a [N <= {_BLOCK_N}, {k}] fp32 tensor")
     n = b.shape[0]
     _check("b", b, (n, k), torch.float32)
+    _check_aligned("a", a)
+    _check_aligned("b", b)
     lead = () if num_splits is None else (num_splits,)
     _check("d", d, (*lead, m, n), torch.float32)
     _check("s", s, (*lead, m), torch.float32)
@@ -746,6 +765,8 @@ def _check_post_args(
     _check("residual", residual, (*outer, hc, hidden), torch.bfloat16)
     _check_hidden("residual", hidden)
     _check("x", x, (*outer, hidden), torch.bfloat16)
+    _check_aligned("residual", residual)
+    _check_aligned("x", x)
     post_shape = (*outer, hc, 1) if post_layer_mix.dim() == len(outer) + 2 else (*outer, hc)
     _check("post_layer_mix", post_layer_mix, post_shape, torch.float32)
     _check("comb_res_mix", comb_res_mix, (*outer, hc, hc), torch.float32)
