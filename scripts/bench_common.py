@@ -58,6 +58,14 @@ def aot_all_variants(kernel: Any, config: Any, arch: int = 120) -> tuple[int, in
     return results[0].registers, results[0].shared, problems
 
 
+SM12X_SMEM_PER_SM = 102400  # per SM on SM 12.x (a block may take 101,376 B; the driver reserves 1 KB per block)
+
+
+def sm12x_blocks_per_sm(shared: int) -> int:
+    """Blocks of ``shared`` bytes that fit one SM12x SM by shared memory alone (the H100 fits more: 228 KB)."""
+    return SM12X_SMEM_PER_SM // (shared + 1024)
+
+
 def run_gates(
     gate: Callable[..., tuple[bool, str]], keys: Sequence[tuple], jobs: int, name: Callable[[tuple], str] = " ".join
 ) -> dict[Hashable, tuple[bool, str]]:

@@ -29,7 +29,7 @@ import os
 import re
 import sys
 
-from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates, try_baseline
+from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates, sm12x_blocks_per_sm, try_baseline
 
 HEADS = 64
 PROMPT = 256
@@ -77,7 +77,8 @@ def aot_gate(text: str, decode: bool = False) -> tuple[bool, str]:
     found = [aot_all_variants(kernel, sparse_mla._aot_config(cfg, split=sp, bf16=bf)) for sp, bf in builds]
     problems = [p for _, _, probs in found for p in probs]
     regs = "/".join(str(r) for r, _, _ in found)
-    return not problems, "; ".join(problems) or f"regs {regs}, smem {found[0][1]}"
+    smem = found[0][1]
+    return not problems, "; ".join(problems) or f"regs {regs}, smem {smem} ({sm12x_blocks_per_sm(smem)}/SM on SM12x)"
 
 
 def layer_indices(bs: int, prompt: int, compressed_per_req: int, ratio: int, topk: int):
