@@ -48,6 +48,15 @@ def add_sweep_args(ap) -> None:
     ap.add_argument("--out", default=None, help="save the markdown table here")
 
 
+def graph_time_us(fn: Callable[[], Any]) -> float:
+    """Median µs of CUDA-graph replays of ``fn`` (GPU time only, whatever the host launch cost); one eager call
+    first (JIT compiles and warm-up happen outside the graph)."""
+    import triton.testing
+
+    fn()
+    return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+
+
 def aot_all_variants(kernel: Any, config: Any, arch: int = 120) -> tuple[int, int, list[str]]:
     """(registers, shared bytes, problems) of one config over every alignment variant of the AOT check (a
     registered config must pass them all); registers and shared memory of the aligned build."""

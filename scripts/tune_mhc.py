@@ -21,7 +21,7 @@ import os
 import re
 import sys
 
-from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates
+from bench_common import add_sweep_args, aot_all_variants, emit_table, graph_time_us, run_gates
 from bench_mhc import EPS, HBM_PEAK_GBS, HC, HIDDEN, ITERS, POST_MULT, _bytes, _call, _inputs
 
 DEFAULT_FIN = "t1w8,t4w8,t8w8,t16w8,t32w8,t16w4,t16w16"
@@ -46,14 +46,6 @@ def parse_fin(text: str) -> tuple[int, int]:
     if not m:
         raise ValueError(f"finalize tile {text!r}: expected t<BLOCK_T>w<WARPS>, e.g. t1w8")
     return int(m.group(1)), int(m.group(2))
-
-
-def _time_us(fn) -> float:
-    """Median µs of CUDA-graph replays (GPU time only, whatever the host launch cost)."""
-    import triton.testing
-
-    fn()
-    return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
 
 
 def plan_name(plan) -> str:
@@ -99,12 +91,12 @@ def time_plans(ops: list[str], plans: list[str], tokens: list[int]) -> dict[tupl
                 plan = parse_plan(text)
                 mhc.PLANS = {**shipped, op: ((None, plan),)}
                 try:
-                    full = _time_us(_call(mhc, OP_NAMES[op], a))
+                    full = graph_time_us(_call(mhc, OP_NAMES[op], a))
                     mix, sq = mhc._mix_workspace(plan, t, r.shape[-1], r.device)
                     kw = {"fn": a["fn"], "n_out": mhc.N_MIX, "mix": mix, "sq": sq}
                     if op == "fused":
                         kw |= {"x": a["x"], "post": a["post"], "comb": a["comb"], "res_out": torch.empty_like(r)}
-                    stream = _time_us(functools.partial(mhc._launch_stream, op, plan, r, t, r.shape[-1], **kw))
+                    stream = graph_time_us(functools.partial(mhc._launch_stream, op, plan, r, t, r.shape[-1], **kw))
                 finally:
                     mhc.PLANS = shipped
                 res[(op, t, text)] = (full, stream)
@@ -129,7 +121,7 @@ def time_fin(tiles: list[str], tokens: list[int]) -> dict[tuple[int, str], float
         for text in tiles:
             mhc.FIN_TILES = ((None, parse_fin(text)),)
             try:
-                res[(t, text)] = _time_us(functools.partial(mhc._finalize, mix, sq, r, fin))
+                res[(t, text)] = graph_time_us(functools.partial(mhc._finalize, mix, sq, r, fin))
             finally:
                 mhc.FIN_TILES = shipped
             print(f"  finalize T={t} {text}: {res[(t, text)]:.1f} us", file=sys.stderr, flush=True)

@@ -29,7 +29,15 @@ import os
 import re
 import sys
 
-from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates, sm12x_blocks_per_sm, try_baseline
+from bench_common import (
+    add_sweep_args,
+    aot_all_variants,
+    emit_table,
+    graph_time_us,
+    run_gates,
+    sm12x_blocks_per_sm,
+    try_baseline,
+)
 
 HEADS = 64
 PROMPT = 256
@@ -130,13 +138,6 @@ def make_case(name: str, seed: int = 0) -> list[tuple]:
     return calls
 
 
-def _time_us(fn) -> float:
-    import triton.testing
-
-    fn()
-    return 1e3 * triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
-
-
 def time_prefill(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]:
     """µs of every passing tile (forced through ``sparse_mla._CFG_PREFILL_BF16``) and of FlashMLA, on one prefill
     case."""
@@ -155,7 +156,7 @@ def time_prefill(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]
     for text in tiles:
         sparse_mla._CFG_PREFILL_BF16 = parse_tile(text)
         try:
-            res[text] = _time_us(ours)
+            res[text] = graph_time_us(ours)
         finally:
             sparse_mla._CFG_PREFILL_BF16 = shipped
         print(f"  {text}: {res[text]:.1f} us", file=sys.stderr, flush=True)
@@ -169,7 +170,7 @@ def time_prefill(calls: list[tuple], tiles: list[str]) -> dict[str, float | str]
         ]
 
     fn, why = try_baseline("FlashMLA flash_mla_sparse_fwd", make_flashmla)
-    res["flashmla"] = _time_us(fn) if fn else why
+    res["flashmla"] = graph_time_us(fn) if fn else why
     return res
 
 
@@ -195,7 +196,7 @@ def time_decode(name: str, tiles: list[str]) -> tuple[dict[str, float | str], in
         splits = sparse_mla.choose_num_splits(t, heads, SWA, TOPK, dev)
         ws = sparse_mla.workspace_for(t, heads, SWA, TOPK, "cuda")
         args = (q, swa, swa_idx, swa_len, sink, c4, c4_idx, c4_len, out, lse, ws, splits)
-        return _time_us(lambda: sparse_mla.sparse_mla_fwd(*args, rows_per_length=s_q))
+        return graph_time_us(lambda: sparse_mla.sparse_mla_fwd(*args, rows_per_length=s_q))
 
     picked = sparse_mla._pick_cfg(t, heads, dev, split=sparse_mla.choose_num_splits(t, heads, SWA, TOPK, dev) > 1)
     res: dict[str, float | str] = {AUTO: timed(), "auto_tile": tile_name(picked)}
