@@ -548,7 +548,8 @@ def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtyp
 
 
 def _check_aligned(name: str, t: torch.Tensor) -> None:
-    """The stream kernel vectorises its accesses to the residual, x and fn assuming 16-byte aligned bases."""
+    """Residual / x / fn bases are 16-byte aligned: the hc_post ops' stream builds vectorise on that (their hints);
+    ``mhc_pre`` and ``hc_prenorm_gemm`` (unhinted builds) hold their inputs to the same contract."""
     if t.data_ptr() % 16:
         raise ValueError(f"{name}: expected a 16-byte aligned base address, got {t.data_ptr():#x} (an offset view?)")
 
