@@ -28,8 +28,12 @@ Native MoE choice: on SM90 SGLang 0.5.16 has no working FP4-expert runner under 
 Triton fails with "Hidden size mismatch"; ``marlin`` did not finish capture), so the native child sets
 ``SGLANG_DSV4_FP4_DEQUANT=1``: ``Fp8MoEMethod`` converts the same FP4 bytes + UE8M0 scales to FP8 blocks at
 load (``cast_e2m1fn_to_e4m3fn``, lossless for our scales: per 128x128 block they span 2x) and runs the Triton
-FP8 fused MoE. 0.5.12 has no such switch: its native child runs ``--moe-runner-backend marlin``
-(``Mxfp4MarlinMoEMethod``, SM90 Marlin on the same FP4 bytes).
+FP8 fused MoE. 0.5.12 has no such switch (and its Marlin MoE is JIT-compiled by nvcc at first use), so its
+native child builds FP8 experts (``SGLANG_DSV4_FP4_EXPERTS=0``) and :func:`refill_weights` fills them with the
+lossless FP8 image of the same seeded MXFP4 experts: routed-expert weights are MXFP4 values in every layout.
+0.5.12's native attention also needs DeepSeek's standalone ``flash_mla`` package (not an SGLang dependency);
+where it is missing the native child fails and the emulated child still runs alone (its own greedy tokens) for
+its own checks, and the in-process result is FAIL.
 """
 
 from __future__ import annotations
@@ -205,18 +209,49 @@ def _write_scale_exponents(param: torch.Tensor, exps: torch.Tensor) -> None:
         raise ValueError(f"scale parameter has dtype {param.dtype}; expected fp32/bf16, uint8 or float8_e8m0fnu")
 
 
+def fp4_expert_codes(shape: Sequence[int], seed: int, name: str,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded MXFP4 experts of logical shape ``[E, N, K]``: packed E2M1 codes ``[E, N, K/2]`` uint8 (low nibble =
+    even k; uniform random) and UE8M0 exponents ``[E, N, K/32]`` int32 with 2^e ~ 1 / (RMS(E2M1) * sqrt(K))."""
+    import torch
+
+    *lead, k = shape
+    gen = _generator(device, seed, name)
+    raw = torch.randint(0, 256, (*lead, k // 2), generator=gen, device=device, dtype=torch.uint8)
+    return raw, _pow2_exponents((*lead, k // FP4_BLOCK), k, FP4_RMS, gen, device)
+
+
 def _fill_fp4_experts(weight: torch.Tensor, scale: torch.Tensor, seed: int, name: str) -> None:
     """MXFP4 experts ``weight [E, N, K/2]`` (int8/uint8, two E2M1 codes per byte) with UE8M0 ``scale
-    [E, N, K/32]``: uniform random codes, scales ~ 1 / (RMS(E2M1) * sqrt(K))."""
+    [E, N, K/32]`` from :func:`fp4_expert_codes`."""
     import torch
 
     k = weight.shape[-1] * 2
     if scale.shape[-1] * FP4_BLOCK != k or tuple(scale.shape[:-1]) != tuple(weight.shape[:-1]):
         raise ValueError(f"{name}: scale shape {tuple(scale.shape)} does not match FP4 weight {tuple(weight.shape)}")
-    gen = _generator(weight.device, seed, name)
-    raw = torch.randint(0, 256, tuple(weight.shape), generator=gen, device=weight.device, dtype=torch.uint8)
+    raw, exps = fp4_expert_codes((*weight.shape[:-1], k), seed, name, weight.device)
     weight.data.view(torch.uint8).copy_(raw)
-    _write_scale_exponents(scale, _pow2_exponents(scale.shape, k, FP4_RMS, gen, weight.device))
+    _write_scale_exponents(scale, exps)
+
+
+def _fill_fp8_experts_as_fp4(weight: torch.Tensor, scale: torch.Tensor, seed: int, name: str) -> None:
+    """FP8 experts ``weight [E, N, K]`` e4m3 with 128x128 block ``scale [E, N/128, K/128]`` holding exactly the
+    MXFP4 experts :func:`_fill_fp4_experts` gives a parameter of the same name: per block the scale is the
+    largest of its 2^e and the e4m3 values are E2M1 codes x 2^(e - block max) (exact: 2^e spans 2x per block)."""
+    import torch
+
+    e, n, k = weight.shape
+    if n % FP8_BLOCK or k % FP8_BLOCK or tuple(scale.shape) != (e, n // FP8_BLOCK, k // FP8_BLOCK):
+        raise ValueError(f"{name}: FP8 experts {tuple(weight.shape)} with scale {tuple(scale.shape)}; expected N and "
+                         f"K multiples of {FP8_BLOCK} and a scale of shape {(e, n // FP8_BLOCK, k // FP8_BLOCK)}")
+    raw, exps = fp4_expert_codes(weight.shape, seed, name, weight.device)
+    lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], device=weight.device)
+    block = exps.view(e, n // FP8_BLOCK, FP8_BLOCK, k // FP8_BLOCK, FP8_BLOCK // FP4_BLOCK).amax(dim=(2, 4))
+    for i in range(e):  # one expert at a time: the whole tensor in fp32 would not fit beside the model
+        codes = torch.stack((raw[i] & 15, raw[i] >> 4), dim=-1).flatten(-2).long()
+        shift = exps[i] - block[i].repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK // FP4_BLOCK, 1)
+        weight.data[i].copy_((lut[codes] * torch.exp2(shift.float()).repeat_interleave(FP4_BLOCK, -1)).to(weight.dtype))
+    _write_scale_exponents(scale, block)
 
 
 def _fill_float(param: torch.Tensor, seed: int, name: str) -> str:
@@ -280,6 +315,10 @@ def refill_weights(model: torch.nn.Module, seed: int) -> dict[str, int]:
                     _fill_fp4_experts(p, scale, seed, name)
                     done.add(id(scale))
                     count("fp4 experts")
+                elif p.dtype == torch.float8_e4m3fn and scale is not None and p.dim() == 3 and "experts" in mname:
+                    _fill_fp8_experts_as_fp4(p, scale, seed, name)
+                    done.add(id(scale))
+                    count("fp8 experts")
                 elif p.dtype == torch.float8_e4m3fn and scale is not None:
                     q, s = fp8_block_weight(p.shape, seed, name, p.device)
                     if tuple(s.shape) != tuple(scale.shape):
@@ -360,13 +399,19 @@ class PathConfig:
     env: Mapping[str, str]
     plugin: bool
     note: str
+    release_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # release -> env used instead
+
+    def env_for(self, release: str | None) -> Mapping[str, str]:
+        """The path's environment on SGLang ``release``."""
+        return self.release_env.get(release or "", self.env)
 
 
 COMMON_ENV = {"SGLANG_JIT_DEEPGEMM_PRECOMPILE": "0", "SGLANG_DSV4_FP4_EXPERTS": "1", "PYTHONUNBUFFERED": "1"}
 STRIPPED_ENV = ("DISABLE_MMA_V3", "SGLANG_SM120", "SGLANG_SM120_POISON", "SGLANG_SM120_ASSUME_GPUS",
                 "SGLANG_SM120_MOE_ACT", "SGLANG_DSV4_FP4_DEQUANT", SEED_ENV, REPORT_ENV)
 NATIVE = PathConfig("native", {"SGLANG_SM120": "off", "SGLANG_DSV4_FP4_DEQUANT": "1"}, False,
-                    "SGLang's SM90 path; FP4 experts dequantized to FP8 at load (Triton FP8 MoE)")
+                    "SGLang's SM90 path; the MXFP4 experts as FP8 blocks (Triton FP8 MoE)",
+                    {"0.5.12": {"SGLANG_SM120": "off", "SGLANG_DSV4_FP4_EXPERTS": "0"}})
 EMULATED = PathConfig("emulated", {"SGLANG_SM120": "emulate", "SGLANG_SM120_POISON": "1", "DISABLE_MMA_V3": "1"},
                       True, "plugin path as on SM12x (mma.sync only)")
 EMULATED_WGMMA = PathConfig("emulated-wgmma", {"SGLANG_SM120": "emulate", "SGLANG_SM120_POISON": "1"}, True,
@@ -375,11 +420,6 @@ EMULATED_W4A8 = PathConfig("emulated-w4a8", {**EMULATED.env, "SGLANG_SM120_MOE_A
                            "as emulated, with the opt-in W4A8 MoE prefill path (on Hopper Triton decomposes its "
                            "block-scaled MMA: numerics, not SM12x speed)")
 PATHS = {p.name: p for p in (NATIVE, EMULATED, EMULATED_WGMMA, EMULATED_W4A8)}
-
-
-def path_server_args(path: PathConfig, release: str | None) -> list[str]:
-    """Release-specific server arguments of a path: 0.5.12's native FP4 experts run on Marlin (module docstring)."""
-    return ["--moe-runner-backend", "marlin"] if path is NATIVE and release == "0.5.12" else []
 
 
 def installed_sglang() -> str | None:
@@ -391,10 +431,11 @@ def installed_sglang() -> str | None:
         return None
 
 
-def child_env(path: PathConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_env(path: PathConfig, extra: Mapping[str, str] | None = None, release: str | None = None) -> dict[str, str]:
+    """Environment of a child of ``path`` on SGLang ``release`` (default: the installed one)."""
     env = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
     env.update(COMMON_ENV)
-    env.update(path.env)
+    env.update(path.env_for(release or installed_sglang()))
     env.update(extra or {})
     return env
 
@@ -419,7 +460,7 @@ def spec_path(workdir: Path, job: str, path: PathConfig) -> Path:
 
 def _child_spec(path: PathConfig, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {**spec, "label": path.name, "out": str(result_path(workdir, spec["job"], path)),
-            "server_args": [*spec["server_args"], *path_server_args(path, installed_sglang())]}
+            "env": dict(path.env_for(installed_sglang()))}
 
 
 def saved_result(path: PathConfig, spec: dict[str, Any], workdir: Path) -> dict[str, Any] | None:
@@ -447,7 +488,7 @@ def run_child(path: PathConfig, spec: dict[str, Any], workdir: Path, timeout: fl
     spec_file.write_text(json.dumps(spec))
     Path(spec["out"]).unlink(missing_ok=True)
     env = child_env(path)
-    log(f"child {path.name}: start ({path.note}; " + " ".join(f"{k}={v}" for k, v in path.env.items()) + ")")
+    log(f"child {path.name}: start ({path.note}; " + " ".join(f"{k}={v}" for k, v in spec["env"].items()) + ")")
     proc = subprocess.Popen([sys.executable, "-m", "sglang_sm120.smoke", "--child", str(spec_file)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     finished = _stream(proc, path.name, time.monotonic() + timeout)
@@ -542,7 +583,8 @@ def _build_runner(argv: list[str]) -> Any:
 
 
 def _captured_bs(runner: Any) -> list[int]:
-    graph_runner = getattr(runner, "decode_cuda_graph_runner", None) or getattr(runner, "cuda_graph_runner", None)
+    graph_runner = next(filter(None, (getattr(runner, a, None) for a in (
+        "decode_cuda_graph_runner", "cuda_graph_runner", "graph_runner"))), None)  # 0.5.16, ..., 0.5.12
     return sorted(int(b) for b in (getattr(graph_runner, "capture_bs", None) or []))
 
 
@@ -564,9 +606,15 @@ def _decode(runner: Any, batch: Any, tokens: torch.Tensor) -> tuple[torch.Tensor
     import torch
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 
-    batch.input_ids = tokens.to(torch.int64)
+    if "output_ids" in getattr(type(batch), "__dataclass_fields__", {}):  # 0.5.12: prepare_for_decode reads it
+        batch.output_ids = tokens.to(torch.int64)
+    else:
+        batch.input_ids = tokens.to(torch.int64)
     batch.prepare_for_decode()
-    fb = ForwardBatch.init_new(batch, runner, return_hidden_states_before_norm=False)
+    if hasattr(batch, "get_model_worker_batch"):  # 0.5.12: the forward batch is built from a ModelWorkerBatch
+        fb = ForwardBatch.init_new(batch.get_model_worker_batch(), runner)
+    else:
+        fb = ForwardBatch.init_new(batch, runner, return_hidden_states_before_norm=False)
     out = runner.forward(fb)
     logits = getattr(out, "logits_output", out).next_token_logits
     return logits.float(), bool(getattr(out, "can_run_graph", False))
@@ -812,7 +860,18 @@ def run_inprocess(model_dir: Path, workdir: Path, args: argparse.Namespace) -> b
             "server_args": server_argv(model_dir, batch_sizes, args.seed)}
     problems: list[str] = []
     try:
-        native = run_child(NATIVE, spec, workdir, args.timeout)
+        native = (args.reuse and saved_result(NATIVE, spec, workdir)) or run_child(NATIVE, spec, workdir, args.timeout)
+    except RuntimeError as exc:
+        log(f"in-process smoke: FAIL: {exc}; running the emulated path alone (its own greedy tokens) for its checks")
+        try:
+            alone = run_child(EMULATED, spec, workdir, args.timeout)
+        except RuntimeError as exc2:
+            log(f"in-process smoke: FAIL: {exc2}")
+            return False
+        own = check_child(EMULATED.name, alone, EMULATED, batch_sizes)
+        log(f"emulated path alone: {'; '.join(own) or 'graphs, plugin state and finite logits OK'}")
+        return False
+    try:
         forced = {**spec, "force": str(result_path(workdir, "compare", NATIVE))}
         emulated = run_child(EMULATED, forced, workdir, args.timeout)
     except RuntimeError as exc:
@@ -1041,6 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-top1", type=float, default=Tolerance.min_top1)
     ap.add_argument("--tie-margin", type=float, default=Tolerance.tie_margin)
     ap.add_argument("--workdir", help="keep the model, results and logs here (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="in-process: take the native result an earlier run left in --workdir with the same settings")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:

@@ -44,6 +44,23 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     _fix_interpreter_loop_bounds()
 
 
+def installed_sglang() -> str | None:
+    """Version of the pip-installed SGLang, None if there is none."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("installed_sglang"):
+        found = installed_sglang()
+        if found is None or not found.startswith(mark.args[0]):
+            pytest.skip(f"needs SGLang {mark.args[0]} installed (found {found})")
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return

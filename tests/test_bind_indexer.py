@@ -293,20 +293,9 @@ print(json.dumps(report))
 """
 
 
-def _installed_sglang() -> str | None:
-    try:
-        import importlib.metadata
-
-        return importlib.metadata.version("sglang")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 @pytest.mark.gpu
+@pytest.mark.installed_sglang("0.5.16")
 def test_gpu_sglang_0_5_16_forward_c4_indexer_eager_and_cuda_graph():
-    version = _installed_sglang()
-    if version is None or not version.startswith("0.5.16"):
-        pytest.skip(f"needs SGLang 0.5.16 installed (found {version})")
     code = HARNESS.format(release="0.5.16", device="cuda") + GPU_CASE.format()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGLANG")}
     env.pop("TRITON_INTERPRET", None)

@@ -383,6 +383,7 @@ print("OK")
 
 
 @pytest.mark.gpu
+@pytest.mark.installed_sglang("0.5.16")
 @pytest.mark.parametrize("num_tokens", [1, 7, 64, 4096])
 def test_gpu_bound_0_5_16_entries_with_cuda_graph(num_tokens):
     """Needs SGLang 0.5.16 installed (all its dependencies) and this package pip-installed."""

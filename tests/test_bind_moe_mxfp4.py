@@ -187,10 +187,7 @@ print(sorted({v.state for k, v in st.items() if k.startswith("moe-mxfp4.") and k
 
 # ------------------------------------------------------------------ GPU (SGLang 0.5.16 installed) ---------------
 
-def _sglang_0_5_16():
-    sglang = pytest.importorskip("sglang")
-    if not sglang.__version__.startswith("0.5.16"):
-        pytest.skip(f"needs SGLang 0.5.16, found {sglang.__version__}")
+def _marlin_runner():
     from sglang.srt.layers.moe.utils import MoeRunnerBackend
     from sglang.srt.runtime_context import get_flags
 
@@ -230,9 +227,10 @@ def _bound_layer(e: int, h: int, inter: int, topk: int, limit: float):
 
 
 @pytest.mark.gpu
+@pytest.mark.installed_sglang("0.5.16")
 @pytest.mark.parametrize("tp", [1, 8])
 def test_gpu_bound_method_dsv4_flash_with_cuda_graph(tp):
-    _sglang_0_5_16()
+    _marlin_runner()
     from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
     from sglang.srt.layers.moe.topk import StandardTopKOutput
     from sglang.srt.layers.quantization.mxfp4_flashinfer_trtllm_moe import maybe_fuse_routed_scale_and_shared_add
@@ -275,10 +273,11 @@ def test_gpu_bound_method_dsv4_flash_with_cuda_graph(tp):
 
 
 @pytest.mark.gpu
+@pytest.mark.installed_sglang("0.5.16")
 @pytest.mark.parametrize("ids_dtype", [torch.int64])
 def test_gpu_sglang_hash_topk_is_kept(ids_dtype):
     """Hash-routed layers keep SGLang's JIT ``hash_topk`` (plain CUDA, int64 ids as SGLang passes them)."""
-    _sglang_0_5_16()
+    _marlin_runner()
     from sglang.jit_kernel.dsv4 import hash_topk
 
     from sglang_sm120.reference.moe_mxfp4 import hash_topk_ref

@@ -239,6 +239,7 @@ print(json.dumps(res))
 
 
 @pytest.mark.gpu
+@pytest.mark.installed_sglang("0.5.16")
 def test_gpu_0_5_16_entry_eager_and_cuda_graph():
     res = _run(GPU, None, {"SGLANG_SM120": "emulate"}, timeout=600)
     assert res["sm120_path"] and res["metadata"] is None

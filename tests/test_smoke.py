@@ -165,6 +165,50 @@ def test_refill_values_are_well_formed_and_seeded() -> None:
     assert torch.isfinite(a.q_norm.weight).all() and abs(float(a.q_norm.weight.mean()) - 1) < 0.1
 
 
+class _Fp8Experts(nn.Module):
+    """Expert parameters as Fp8MoEMethod creates them with FP4 experts off (0.5.12's native smoke path)."""
+
+    def __init__(self, e: int, n: int, k: int) -> None:
+        super().__init__()
+        self.w13_weight = nn.Parameter(torch.empty(e, 2 * n, k, dtype=torch.float8_e4m3fn), requires_grad=False)
+        self.w13_weight_scale_inv = nn.Parameter(torch.empty(e, 2 * n // 128, k // 128), requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(e, k, n, dtype=torch.float8_e4m3fn), requires_grad=False)
+        self.w2_weight_scale_inv = nn.Parameter(torch.empty(e, k // 128, n // 128), requires_grad=False)
+
+
+def _dequant_mxfp4(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Independent MXFP4 decode: ``codes [..., K/2]`` (low nibble first), ``scale [..., K/32]`` fp32."""
+    e2m1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6]
+    raw = codes.view(torch.uint8).long()
+    nib = torch.stack((raw & 15, raw >> 4), -1).flatten(-2)
+    mag = torch.tensor(e2m1)[nib & 7]
+    return torch.where(nib >= 8, -mag, mag) * scale.float().repeat_interleave(32, -1)
+
+
+def test_refill_fp8_experts_hold_the_same_mxfp4_weights() -> None:
+    """FP8 experts (0.5.12 native) dequantize exactly to the MXFP4 experts the emulated path gets."""
+    fp4 = nn.Module()
+    fp4.experts = _Experts(3, 128, 256, torch.float8_e8m0fnu)
+    fp8 = nn.Module()
+    fp8.experts = _Fp8Experts(3, 128, 256)
+    assert smoke.refill_weights(fp4, seed=5) == {"fp4 experts": 2}
+    assert smoke.refill_weights(fp8, seed=5) == {"fp8 experts": 2}
+    for name in ("w13", "w2"):
+        want = _dequant_mxfp4(getattr(fp4.experts, f"{name}_weight"), getattr(fp4.experts, f"{name}_weight_scale_inv"))
+        q, s = getattr(fp8.experts, f"{name}_weight"), getattr(fp8.experts, f"{name}_weight_scale_inv")
+        assert torch.equal(torch.exp2(torch.log2(s).round()), s), "UE8M0 block scales"
+        assert torch.equal(smoke.dequant_blocks(q, s), want), name
+        assert float(want.abs().max()) > 0 and bool((want == 0).any())
+
+
+def test_refill_fp8_experts_need_whole_blocks() -> None:
+    m = nn.Module()
+    m.experts = _Fp8Experts(2, 128, 256)
+    m.experts.w2_weight = nn.Parameter(torch.empty(2, 256, 96, dtype=torch.float8_e4m3fn), requires_grad=False)
+    with pytest.raises(ValueError, match="multiples of 128"):
+        smoke.refill_weights(m, seed=0)
+
+
 def test_refill_rejects_mismatched_scales() -> None:
     m = nn.Module()
     m.experts = _Experts(2, 128, 256, torch.float32)
@@ -370,10 +414,16 @@ def test_smoke_inprocess_on_gpu(tmp_path: Path) -> None:
     assert "in-process smoke: PASS" in proc.stdout
 
 
-def test_native_path_runs_marlin_only_on_0_5_12() -> None:
-    assert smoke.path_server_args(smoke.NATIVE, "0.5.12") == ["--moe-runner-backend", "marlin"]
-    assert smoke.path_server_args(smoke.NATIVE, "0.5.16") == []
-    assert smoke.path_server_args(smoke.EMULATED, "0.5.12") == []
+@pytest.mark.parametrize("release,experts,dequant", [("0.5.12", "0", None), ("0.5.16", "1", "1"), (None, "1", "1")])
+def test_native_path_builds_fp8_experts_on_0_5_12(release: str | None, experts: str, dequant: str | None,
+                                                  monkeypatch) -> None:
+    """0.5.12 has no FP4 -> FP8 dequant switch: its native child builds FP8 experts instead (refilled as the
+    same MXFP4 values); later releases dequantize the FP4 experts at load; the emulated path keeps FP4."""
+    monkeypatch.setattr(smoke, "installed_sglang", lambda: None)
+    env = smoke.child_env(smoke.NATIVE, release=release)
+    assert env["SGLANG_DSV4_FP4_EXPERTS"] == experts and env.get("SGLANG_DSV4_FP4_DEQUANT") == dequant
+    assert env["SGLANG_SM120"] == "off"
+    assert smoke.child_env(smoke.EMULATED, release=release)["SGLANG_DSV4_FP4_EXPERTS"] == "1"
 
 
 def test_bench_e2e_check_compares_each_emulated_path_with_native() -> None:
