@@ -10,6 +10,7 @@ it through SGLang itself.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -489,3 +490,38 @@ def test_child_env_sets_only_its_paths_moe_activation(monkeypatch) -> None:
     w4a8 = smoke.child_env(smoke.EMULATED_W4A8)
     assert w4a8["SGLANG_SM120_MOE_ACT"] == "mxfp8" and w4a8["DISABLE_MMA_V3"] == "1"
     assert w4a8["SGLANG_SM120"] == "emulate"
+
+
+def _inprocess_args(reuse: bool = False) -> argparse.Namespace:
+    return argparse.Namespace(max_bs=2, decode_steps=1, seed=0, timeout=1.0, min_cosine=0.99, min_top1=0.95,
+                              tie_margin=0.1, reuse=reuse)
+
+
+def test_inprocess_runs_emulated_alone_when_native_fails(tmp_path: Path, monkeypatch) -> None:
+    """A native child that fails (e.g. 0.5.12 without DeepSeek's flash_mla) still gets the emulated child run,
+    untethered (no teacher forcing) and checked on its own; the in-process result stays FAIL."""
+    calls = []
+
+    def fake_run_child(path, spec, workdir, timeout):
+        calls.append((path.name, "force" in spec))
+        if path is smoke.NATIVE:
+            raise RuntimeError("child native failed (exit 1)")
+        rnd = {"bs": 1, "logits": torch.zeros(2, 1, 4), "tokens": torch.zeros(2, 1), "graph_steps": [True]}
+        return {"capture_bs": [1, 2], "rounds": [rnd], "plugin": {"enabled": True, "emulate": True, "reason": ""}}
+
+    monkeypatch.setattr(smoke, "run_child", fake_run_child)
+    assert smoke.run_inprocess(tmp_path / "m", tmp_path, _inprocess_args()) is False
+    assert calls == [("native", False), ("emulated", False)]
+
+
+def test_inprocess_reuse_takes_the_saved_native_result(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(smoke, "saved_result", lambda path, spec, workdir: {"saved": path.name})
+
+    def fake_run_child(path, spec, workdir, timeout):
+        calls.append((path.name, "force" in spec))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(smoke, "run_child", fake_run_child)
+    assert smoke.run_inprocess(tmp_path / "m", tmp_path, _inprocess_args(reuse=True)) is False
+    assert calls == [("emulated", True)]
