@@ -33,7 +33,8 @@ native child builds FP8 experts (``SGLANG_DSV4_FP4_EXPERTS=0``) and :func:`refil
 lossless FP8 image of the same seeded MXFP4 experts: routed-expert weights are MXFP4 values in every layout.
 0.5.12's native attention also needs DeepSeek's standalone ``flash_mla`` package (not an SGLang dependency);
 where it is missing the native child fails and the emulated child still runs alone (its own greedy tokens) for
-its own checks, and the in-process result is FAIL.
+its own checks, and the in-process result is FAIL. ``--native-from`` compares instead with the native result
+another release saved on the same GPU (e.g. 0.5.16's ``compare-native.pt``: same seeded model, same prompts).
 """
 
 from __future__ import annotations
@@ -658,7 +659,31 @@ def _compare_job(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
         rounds.append({"bs": b, "logits": torch.stack(steps), "tokens": torch.stack(tokens).cpu(),
                        "graph_steps": graphs})
     _clear(runner)
-    return {"rounds": rounds}
+    return {"rounds": rounds, "compare_spec": compare_spec(spec)}
+
+
+def compare_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """What makes two ``compare`` results comparable: the seed (weights and prompts), batch sizes, decode steps."""
+    return {k: spec[k] for k in ("seed", "batch_sizes", "decode_steps")}
+
+
+def load_native_result(path: str | os.PathLike[str], spec: dict[str, Any], device: str) -> dict[str, Any]:
+    """A native ``compare`` result an earlier run saved (``--native-from``, e.g. SGLang 0.5.16's native path for a
+    0.5.12 run whose own native path cannot run); ``ValueError`` unless it is a native result of the same seed,
+    batch sizes and decode steps made on a GPU named ``device``."""
+    import torch
+
+    res = torch.load(path, weights_only=False)
+    if not isinstance(res, dict) or "rounds" not in res:
+        raise ValueError(f"--native-from {path}: not a saved in-process comparison result")
+    if res.get("compare_spec") != compare_spec(spec):
+        raise ValueError(f"--native-from {path}: made with {res.get('compare_spec')}, this run needs "
+                         f"{compare_spec(spec)} (same --seed, --max-bs and --decode-steps)")
+    if res["plugin"]["enabled"]:
+        raise ValueError(f"--native-from {path}: the plugin was active in that run, so it is no native result")
+    if res.get("device") != device:
+        raise ValueError(f"--native-from {path}: made on {res.get('device')}, this GPU is {device}")
+    return res
 
 
 def _bench_job(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
@@ -859,8 +884,20 @@ def run_inprocess(model_dir: Path, workdir: Path, args: argparse.Namespace) -> b
     spec = {"job": "compare", "seed": args.seed, "batch_sizes": batch_sizes, "decode_steps": args.decode_steps,
             "server_args": server_argv(model_dir, batch_sizes, args.seed)}
     problems: list[str] = []
+    native_file = result_path(workdir, "compare", NATIVE)
     try:
-        native = (args.reuse and saved_result(NATIVE, spec, workdir)) or run_child(NATIVE, spec, workdir, args.timeout)
+        if args.native_from:
+            import torch
+
+            native_file = Path(args.native_from)
+            native = load_native_result(native_file, spec, torch.cuda.get_device_name())
+            log(f"native: taken from {native_file} (SGLang {native['sglang']}, {native['device']})")
+        else:
+            native = (args.reuse and saved_result(NATIVE, spec, workdir)) or run_child(NATIVE, spec, workdir,
+                                                                                       args.timeout)
+    except ValueError as exc:
+        log(f"in-process smoke: FAIL: {exc}")
+        return False
     except RuntimeError as exc:
         log(f"in-process smoke: FAIL: {exc}; running the emulated path alone (its own greedy tokens) for its checks")
         try:
@@ -872,7 +909,7 @@ def run_inprocess(model_dir: Path, workdir: Path, args: argparse.Namespace) -> b
         log(f"emulated path alone: {'; '.join(own) or 'graphs, plugin state and finite logits OK'}")
         return False
     try:
-        forced = {**spec, "force": str(result_path(workdir, "compare", NATIVE))}
+        forced = {**spec, "force": str(native_file)}
         emulated = run_child(EMULATED, forced, workdir, args.timeout)
     except RuntimeError as exc:
         log(f"in-process smoke: FAIL: {exc}")
@@ -881,7 +918,8 @@ def run_inprocess(model_dir: Path, workdir: Path, args: argparse.Namespace) -> b
     problems += check_child(EMULATED.name, emulated, EMULATED, batch_sizes)
     tol = Tolerance(args.min_cosine, args.min_top1, args.tie_margin)
     table, total = comparison_table(native, emulated, tol)
-    print(f"\nemulated plugin path vs native SM90 path on {native['device']} (SGLang {native['sglang']}), same "
+    print(f"\nemulated plugin path (SGLang {emulated['sglang']}) vs native SM90 path (SGLang {native['sglang']}) "
+          f"on {native['device']}, same "
           f"seeded weights, emulated decode teacher-forced with the native greedy tokens;\npass: cosine >= "
           f"{tol.min_cosine} on every row and top-1 agreement >= {tol.min_top1:.0%} of rows (a near tie within "
           f"{tol.tie_margin} x std of the native logits counts as agreement)\n", flush=True)
@@ -1102,6 +1140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="keep the model, results and logs here (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true",
                     help="in-process: take the native result an earlier run left in --workdir with the same settings")
+    ap.add_argument("--native-from", metavar="FILE",
+                    help="in-process: compare with this saved native result (compare-native.pt of an earlier run on "
+                         "this GPU, e.g. another SGLang release) instead of running the native path")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:

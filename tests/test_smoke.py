@@ -492,9 +492,9 @@ def test_child_env_sets_only_its_paths_moe_activation(monkeypatch) -> None:
     assert w4a8["SGLANG_SM120"] == "emulate"
 
 
-def _inprocess_args(reuse: bool = False) -> argparse.Namespace:
+def _inprocess_args(reuse: bool = False, native_from: str | None = None) -> argparse.Namespace:
     return argparse.Namespace(max_bs=2, decode_steps=1, seed=0, timeout=1.0, min_cosine=0.99, min_top1=0.95,
-                              tie_margin=0.1, reuse=reuse)
+                              tie_margin=0.1, reuse=reuse, native_from=native_from)
 
 
 def test_inprocess_runs_emulated_alone_when_native_fails(tmp_path: Path, monkeypatch) -> None:
@@ -525,3 +525,39 @@ def test_inprocess_reuse_takes_the_saved_native_result(tmp_path: Path, monkeypat
     monkeypatch.setattr(smoke, "run_child", fake_run_child)
     assert smoke.run_inprocess(tmp_path / "m", tmp_path, _inprocess_args(reuse=True)) is False
     assert calls == [("emulated", True)]
+
+
+def _saved_native(tmp_path: Path, **over) -> Path:
+    spec = {"seed": 0, "batch_sizes": [1, 2], "decode_steps": 1}
+    res = {"rounds": [], "compare_spec": spec, "plugin": {"enabled": False}, "device": "GPU X", "sglang": "0.5.16",
+           **over}
+    path = tmp_path / "compare-native.pt"
+    torch.save(res, path)
+    return path
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"compare_spec": {"seed": 1, "batch_sizes": [1, 2], "decode_steps": 1}}, "same --seed"),
+    ({"plugin": {"enabled": True}}, "no native result"),
+    ({"device": "GPU Y"}, "this GPU is GPU X"),
+])
+def test_native_from_rejects_results_that_do_not_compare(tmp_path: Path, over: dict, match: str) -> None:
+    spec = {"seed": 0, "batch_sizes": [1, 2], "decode_steps": 1}
+    assert smoke.load_native_result(_saved_native(tmp_path), spec, "GPU X")["sglang"] == "0.5.16"
+    with pytest.raises(ValueError, match=match):
+        smoke.load_native_result(_saved_native(tmp_path, **over), spec, "GPU X")
+
+
+def test_native_from_forces_the_emulated_child_with_that_file(tmp_path: Path, monkeypatch) -> None:
+    """``--native-from``: no native child; the emulated child is teacher-forced with the given file's tokens."""
+    saved = _saved_native(tmp_path)
+    calls = []
+
+    def fake_run_child(path, spec, workdir, timeout):
+        calls.append((path.name, spec.get("force")))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(smoke, "run_child", fake_run_child)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "GPU X")
+    assert smoke.run_inprocess(tmp_path / "m", tmp_path / "w", _inprocess_args(native_from=str(saved))) is False
+    assert calls == [("emulated", str(saved))]
