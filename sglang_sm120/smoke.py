@@ -15,6 +15,10 @@ word-level tokenizer with a chat template, and runs it with ``--load-format dumm
   through its installed ``.pth`` and entry point), ``/v1/completions`` and ``/v1/chat/completions``, each must
   answer 200 with non-empty text and finite logprobs; then a clean shutdown.
 
+``--tp N`` runs both modes with N tensor-parallel ranks on N GPUs (in-process: one rank process per GPU, as
+``bench_one_batch`` does; server: every rank's model process must report the plugin active). Sharded parameters
+are refilled per rank from the same seed, so the native and emulated paths at the same N see the same weights.
+
 Dummy weights: SGLang's dummy loader fills floating parameters with U(-1e-3, 1e-3) and leaves integer ones
 alone, so :func:`install_refill` refills the model right after the loader builds it (before
 ``process_weights_after_loading``, which 0.5.12 runs before its dummy init) and :func:`refill_weights` rewrites
@@ -360,6 +364,8 @@ def install_refill(seed: int, report: str | None = None, module: str = LOADER_MO
     from sglang_sm120 import hooks
 
     def patch(loader: Any) -> None:
+        if getattr(loader._initialize_model, "_sm120_refill", False):  # installed already (e.g. a forked TP rank)
+            return
         build, dummy_init = loader._initialize_model, loader.initialize_dummy_weights
 
         def build_then_refill(*args: Any, **kwargs: Any) -> Any:
@@ -381,6 +387,7 @@ def install_refill(seed: int, report: str | None = None, module: str = LOADER_MO
             if not getattr(model, "_sm120_smoke_refilled", False):
                 dummy_init(model, *args, **kwargs)
 
+        build_then_refill._sm120_refill = True  # type: ignore[attr-defined]
         loader._initialize_model = build_then_refill
         loader.initialize_dummy_weights = dummy_init_unless_refilled
 
@@ -442,10 +449,10 @@ def child_env(path: PathConfig, extra: Mapping[str, str] | None = None, release:
 
 
 def server_argv(model_dir: str | os.PathLike[str], batch_sizes: Sequence[int], seed: int,
-                context_length: int = 4096) -> list[str]:
-    """SGLang server arguments shared by the in-process children and the HTTP server."""
+                context_length: int = 4096, tp: int = 1) -> list[str]:
+    """SGLang server arguments shared by the in-process children and the HTTP server (``tp`` ranks)."""
     bs = sorted(set(batch_sizes))
-    return ["--model-path", str(model_dir), "--load-format", "dummy", "--tp-size", "1",
+    return ["--model-path", str(model_dir), "--load-format", "dummy", "--tp-size", str(tp),
             "--context-length", str(context_length), "--mem-fraction-static", "0.8",
             "--cuda-graph-max-bs", str(bs[-1]), "--cuda-graph-bs", *map(str, bs),
             "--max-running-requests", str(bs[-1]), "--random-seed", str(seed), "--log-level", "warning"]
@@ -491,10 +498,14 @@ def run_child(path: PathConfig, spec: dict[str, Any], workdir: Path, timeout: fl
     env = child_env(path)
     log(f"child {path.name}: start ({path.note}; " + " ".join(f"{k}={v}" for k, v in spec["env"].items()) + ")")
     proc = subprocess.Popen([sys.executable, "-m", "sglang_sm120.smoke", "--child", str(spec_file)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True)
     finished = _stream(proc, path.name, time.monotonic() + timeout)
     if not finished:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the child and its TP rank processes
+        except ProcessLookupError:
+            pass
         proc.wait()
         raise RuntimeError(f"child {path.name} did not finish within {timeout:.0f}s")
     if proc.returncode != 0 or not Path(spec["out"]).is_file():
@@ -550,8 +561,8 @@ def _one_batch_module() -> Any:
     return one_batch
 
 
-def _build_runner(argv: list[str]) -> Any:
-    """ServerArgs from ``argv`` -> ModelRunner with memory pool, attention backends and CUDA graphs.
+def _server_args(argv: list[str]) -> tuple[Any, Any]:
+    """``(ServerArgs, PortArgs)`` from ``argv``, SGLang's global configs initialised as its launchers do.
 
     Plugins are loaded before ServerArgs are built, as ``launch_server`` and ``Engine`` do: plugin-time hooks on
     server-arg defaults (e.g. the DSV4 MoE runner on SM12x) must see ``__post_init__``. ``bench_one_batch``
@@ -578,8 +589,14 @@ def _build_runner(argv: list[str]) -> Any:
     else:
         initialize_fp4_gemm_config(server_args)
     log(f"server args: moe_runner_backend={server_args.moe_runner_backend}, "
-        f"attention_backend={server_args.attention_backend}, page_size={server_args.page_size}")
-    wrapped, _tokenizer = _one_batch_module().load_model(server_args, port_args, 0, 0)
+        f"attention_backend={server_args.attention_backend}, page_size={server_args.page_size}, "
+        f"tp_size={server_args.tp_size}")
+    return server_args, port_args
+
+
+def _load_runner(server_args: Any, port_args: Any, rank: int) -> Any:
+    """TP rank ``rank``'s ModelRunner (on GPU ``rank``) with memory pool, attention backends and CUDA graphs."""
+    wrapped, _tokenizer = _one_batch_module().load_model(server_args, port_args, rank, rank)
     return getattr(wrapped, "torch_runner", wrapped)
 
 
@@ -688,7 +705,7 @@ def load_native_result(path: str | os.PathLike[str], spec: dict[str, Any], devic
 
 def _bench_job(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """Per batch size: one warm-up round, then ``repeats`` rounds of a timed prefill (``input_len`` tokens per
-    request) and ``decode_steps`` timed decode steps; medians in ms (host overhead included, as in
+    request) and ``decode_steps`` timed decode steps; medians and minimums in ms (host overhead included, as in
     ``bench_one_batch``)."""
     import statistics
 
@@ -717,7 +734,7 @@ def _bench_job(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
             if r:
                 prefill_ms.append(t_prefill)
         out[b] = {"prefill_ms": statistics.median(prefill_ms), "decode_ms": statistics.median(decode_ms),
-                  "graph": all(graphs)}
+                  "prefill_min_ms": min(prefill_ms), "decode_min_ms": min(decode_ms), "graph": all(graphs)}
         log(f"bs {b}: prefill {out[b]['prefill_ms']:.2f} ms, decode step {out[b]['decode_ms']:.3f} ms "
             f"(graph {'yes' if out[b]['graph'] else 'NO'})")
     _clear(runner)
@@ -747,19 +764,47 @@ def _profile_prefill(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(spec_file: str) -> int:
-    """Entry of a child process (``--child SPEC``): see :func:`run_child`."""
+    """Entry of a child process (``--child SPEC``): see :func:`run_child`. With ``--tp-size`` N > 1 in the spec's
+    server arguments it runs N rank processes, as ``bench_one_batch`` does; every rank runs the same batches and
+    rank 0 saves the result."""
     spec = json.loads(Path(spec_file).read_text())
     install_refill(spec["seed"])
     log(f"{spec['label']}: importing SGLang and building the ModelRunner (graphs for bs {spec['batch_sizes']})")
+    server_args, port_args = _server_args(spec["server_args"])
+    if server_args.tp_size == 1:
+        return _rank_main(spec, server_args, port_args, 0)
+    import multiprocessing
+
+    ranks = [multiprocessing.Process(target=_rank_main, args=(spec, server_args, port_args, r))
+             for r in range(server_args.tp_size)]
+    for proc in ranks:
+        proc.start()
+    while any(proc.is_alive() for proc in ranks):
+        if any(proc.exitcode not in (None, 0) for proc in ranks):  # the others would wait in NCCL forever
+            for proc in ranks:
+                proc.terminate()
+            break
+        time.sleep(1)
+    for proc in ranks:
+        proc.join()
+    failed = [r for r, proc in enumerate(ranks) if proc.exitcode != 0]
+    if failed:
+        log(f"{spec['label']}: TP ranks {failed} failed (exit codes {[ranks[r].exitcode for r in failed]})")
+    return 1 if failed else 0
+
+
+def _rank_main(spec: dict[str, Any], server_args: Any, port_args: Any, rank: int) -> int:
+    """One TP rank of a child: build the ModelRunner, run the spec's jobs; rank 0 saves the result."""
+    install_refill(spec["seed"])  # a no-op where the parent's hook was inherited (fork), needed under spawn
     import torch
 
     t0 = time.monotonic()
-    runner = _build_runner(spec["server_args"])
+    runner = _load_runner(server_args, port_args, rank)
     info = {"capture_bs": _captured_bs(runner), "plugin": _plugin_state(),
             "device": torch.cuda.get_device_name(), "sglang": installed_sglang(),
-            "torch": torch.__version__, "startup_s": time.monotonic() - t0}
-    log(f"{spec['label']}: ready in {info['startup_s']:.0f}s; captured decode graphs for bs {info['capture_bs']}; "
-        f"plugin {info['plugin']}")
+            "torch": torch.__version__, "startup_s": time.monotonic() - t0, "tp": server_args.tp_size}
+    log(f"{spec['label']} rank {rank}: ready in {info['startup_s']:.0f}s; captured decode graphs for bs "
+        f"{info['capture_bs']}; plugin {info['plugin']}")
     jobs = spec["job"].split("+")  # "compare", "bench" or "compare+bench" (one startup for both)
     result: dict[str, Any] = {}
     with torch.no_grad():
@@ -768,7 +813,8 @@ def child_main(spec_file: str) -> int:
         if "bench" in jobs:
             result.update(_bench_job(runner, {**spec, "batch_sizes": spec.get("bench_batch_sizes",
                                                                                spec["batch_sizes"])}))
-    torch.save({**info, **result}, spec["out"])
+    if rank == 0:
+        torch.save({**info, **result}, spec["out"])
     return 0
 
 
@@ -882,7 +928,7 @@ def run_inprocess(model_dir: Path, workdir: Path, args: argparse.Namespace) -> b
     """Native then emulated child; compare; print the table. True if everything passed."""
     batch_sizes = list(range(1, args.max_bs + 1))
     spec = {"job": "compare", "seed": args.seed, "batch_sizes": batch_sizes, "decode_steps": args.decode_steps,
-            "server_args": server_argv(model_dir, batch_sizes, args.seed)}
+            "server_args": server_argv(model_dir, batch_sizes, args.seed, tp=args.tp)}
     problems: list[str] = []
     native_file = result_path(workdir, "compare", NATIVE)
     try:
@@ -919,7 +965,7 @@ def run_inprocess(model_dir: Path, workdir: Path, args: argparse.Namespace) -> b
     tol = Tolerance(args.min_cosine, args.min_top1, args.tie_margin)
     table, total = comparison_table(native, emulated, tol)
     print(f"\nemulated plugin path (SGLang {emulated['sglang']}) vs native SM90 path (SGLang {native['sglang']}) "
-          f"on {native['device']}, same "
+          f"on {native['device']} (TP {emulated.get('tp', 1)}), same "
           f"seeded weights, emulated decode teacher-forced with the native greedy tokens;\npass: cosine >= "
           f"{tol.min_cosine} on every row and top-1 agreement >= {tol.min_top1:.0%} of rows (a near tie within "
           f"{tol.tie_margin} x std of the native logits counts as agreement)\n", flush=True)
@@ -1028,7 +1074,7 @@ def run_server(model_dir: Path, workdir: Path, args: argparse.Namespace) -> bool
     batch_sizes = list(range(1, args.max_bs + 1))
     pythonpath = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = child_env(EMULATED, {SEED_ENV: str(args.seed), REPORT_ENV: str(report), "PYTHONPATH": pythonpath})
-    cmd = [sys.executable, "-m", "sglang.launch_server", *server_argv(model_dir, batch_sizes, args.seed),
+    cmd = [sys.executable, "-m", "sglang.launch_server", *server_argv(model_dir, batch_sizes, args.seed, tp=args.tp),
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME, "--skip-server-warmup"]
     server_log = workdir / "server.log"
     log(f"server: starting on port {port} (SGLANG_SM120=emulate, log {server_log})")
@@ -1054,7 +1100,7 @@ def run_server(model_dir: Path, workdir: Path, args: argparse.Namespace) -> bool
         if not problems:
             log("server: ready")
             problems += _server_requests(base)
-            problems += _server_report(report)
+            problems += _server_report(report, args.tp)
     finally:
         clean = _stop_server(proc)
         log(f"server: shut down {'cleanly' if clean else 'by SIGKILL'}")
@@ -1085,16 +1131,21 @@ def _server_requests(base: str) -> list[str]:
     return problems
 
 
-def _server_report(report: Path) -> list[str]:
-    """The model process must have refilled the weights with the plugin active in emulate mode."""
+def _server_report(report: Path, tp: int = 1) -> list[str]:
+    """Each of the ``tp`` model processes (one per TP rank) must have refilled the weights with the plugin active
+    in emulate mode."""
     if not report.is_file():
         return ["the server's model process did not refill the dummy weights (sitecustomize not run?)"]
-    entries = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
-    plugin = entries[-1]["plugin"]
-    log(f"server: model process {entries[-1]['pid']}: plugin {plugin}")
-    if not (plugin["enabled"] and plugin["emulate"] and plugin["bootstrapped"]):
-        return [f"plugin not active in emulate mode in the server's model process: {plugin}"]
-    return []
+    entries = {e["pid"]: e for e in map(json.loads, filter(str.strip, report.read_text().splitlines()))}
+    problems = []
+    if len(entries) < tp:
+        problems.append(f"{len(entries)} model process(es) refilled the weights, expected one per TP rank ({tp})")
+    for pid, entry in entries.items():
+        plugin = entry["plugin"]
+        log(f"server: model process {pid}: plugin {plugin}")
+        if not (plugin["enabled"] and plugin["emulate"] and plugin["bootstrapped"]):
+            problems.append(f"plugin not active in emulate mode in model process {pid}: {plugin}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1102,17 +1153,18 @@ def _server_report(report: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def require_gpu(prog: str) -> int | None:
-    """None if a CUDA GPU is visible, else print why and return :data:`NO_GPU_EXIT`."""
+def require_gpu(prog: str, count: int = 1) -> int | None:
+    """None if ``count`` CUDA GPUs are visible, else print why and return :data:`NO_GPU_EXIT`."""
     try:
         import torch
 
-        ok = torch.cuda.is_available()
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
-        ok = False
-    if ok:
+        found = 0
+    if found >= count:
         return None
-    print(f"{prog}: no CUDA GPU visible; this runs SGLang with DeepSeek-V4 on a GPU (any CUDA GPU: the plugin "
+    what = "no CUDA GPU visible" if not found else f"{found} CUDA GPU(s) visible, --tp {count} needs {count}"
+    print(f"{prog}: {what}; this runs SGLang with DeepSeek-V4 on a GPU (any CUDA GPU: the plugin "
           "path runs in SGLANG_SM120=emulate mode)", file=sys.stderr, flush=True)
     return NO_GPU_EXIT
 
@@ -1133,6 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-steps", type=int, default=8, help="greedy decode steps compared (default 8)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (default 4: SWA, C4, C128, C4)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks, one GPU each (default 1)")
     ap.add_argument("--timeout", type=float, default=540, help="seconds per child process / server start")
     ap.add_argument("--min-cosine", type=float, default=Tolerance.min_cosine)
     ap.add_argument("--min-top1", type=float, default=Tolerance.min_top1)
@@ -1147,10 +1200,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return child_main(args.child)
-    if (rc := require_gpu(ap.prog)) is not None:
+    if args.max_bs < 1 or args.decode_steps < 1 or args.tp < 1:
+        ap.error("--max-bs, --decode-steps and --tp must be >= 1")
+    if (rc := require_gpu(ap.prog, args.tp)) is not None:
         return rc
-    if args.max_bs < 1 or args.decode_steps < 1:
-        ap.error("--max-bs and --decode-steps must be >= 1")
     workdir, temporary = workdir_for(args.workdir)
     try:
         model_dir = write_tiny_model(workdir / "tiny-dsv4", args.layers)

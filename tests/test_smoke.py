@@ -14,10 +14,12 @@ import argparse
 import importlib.util
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -252,6 +254,7 @@ def test_install_refill_precedes_weight_processing(tmp_path: Path, order: str) -
         from sglang_sm120 import smoke
         smoke.install_refill(3, {str(report)!r}, module="fake_loader")
         import fake_loader
+        smoke.install_refill(3, {str(report)!r}, module="fake_loader")  # again (a forked TP rank): no second wrap
         dummy = fake_loader.load_model("LoadFormat.DUMMY")
         real = fake_loader.load_model("auto")
         print(json.dumps([float(dummy.norm.weight.mean()), float(real.norm.weight.abs().max())]))
@@ -494,7 +497,7 @@ def test_child_env_sets_only_its_paths_moe_activation(monkeypatch) -> None:
 
 def _inprocess_args(reuse: bool = False, native_from: str | None = None) -> argparse.Namespace:
     return argparse.Namespace(max_bs=2, decode_steps=1, seed=0, timeout=1.0, min_cosine=0.99, min_top1=0.95,
-                              tie_margin=0.1, reuse=reuse, native_from=native_from)
+                              tie_margin=0.1, reuse=reuse, native_from=native_from, tp=1)
 
 
 def test_inprocess_runs_emulated_alone_when_native_fails(tmp_path: Path, monkeypatch) -> None:
@@ -561,3 +564,83 @@ def test_native_from_forces_the_emulated_child_with_that_file(tmp_path: Path, mo
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "GPU X")
     assert smoke.run_inprocess(tmp_path / "m", tmp_path / "w", _inprocess_args(native_from=str(saved))) is False
     assert calls == [("emulated", str(saved))]
+
+
+# ------------------------------------------------------------------------------------------------ tensor parallel
+
+
+def test_server_argv_sets_the_tp_size() -> None:
+    argv = smoke.server_argv("m", [1, 2], 0, tp=2)
+    assert argv[argv.index("--tp-size") + 1] == "2"
+    default = smoke.server_argv("m", [1], 0)
+    assert default[default.index("--tp-size") + 1] == "1"
+
+
+def _report(tmp_path: Path, *plugins: dict) -> Path:
+    path = tmp_path / "refill.jsonl"
+    path.write_text("".join(json.dumps({"pid": 100 + i, "counts": {}, "plugin": p}) + "\n"
+                            for i, p in enumerate(plugins)))
+    return path
+
+
+def test_server_report_needs_the_plugin_in_every_tp_rank(tmp_path: Path) -> None:
+    on = {"enabled": True, "emulate": True, "bootstrapped": True}
+    off = {**on, "enabled": False}
+    assert smoke._server_report(_report(tmp_path, on, on), tp=2) == []
+    assert "expected one per TP rank (2)" in smoke._server_report(_report(tmp_path, on), tp=2)[0]
+    assert "model process 101" in smoke._server_report(_report(tmp_path, on, off), tp=2)[0]
+
+
+def test_tp_beyond_the_visible_gpus_exits_2(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert smoke.require_gpu("smoke", 1) is None
+    assert smoke.require_gpu("smoke", 2) == smoke.NO_GPU_EXIT
+    assert "1 CUDA GPU(s) visible, --tp 2 needs 2" in capsys.readouterr().err
+
+
+class _TpArgs:
+    tp_size = 3
+
+
+@pytest.mark.parametrize("failing_rank", [None, 1])
+def test_child_runs_one_process_per_tp_rank(tmp_path: Path, monkeypatch, failing_rank: int | None) -> None:
+    """``--tp-size`` N in a child's server arguments: N rank processes; a failing rank stops the others (they
+    would wait in NCCL forever) and fails the child."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"seed": 0, "label": "t", "batch_sizes": [1], "server_args": []}))
+
+    def fake_rank(spec_, server_args, port_args, rank):
+        (tmp_path / f"rank{rank}").write_text("ran")
+        if rank == failing_rank:
+            raise SystemExit(3)
+        if failing_rank is not None:
+            time.sleep(90)  # a healthy rank blocked on its failed peer (past the 60 s bound below)
+
+    monkeypatch.setattr(smoke, "install_refill", lambda *a, **k: None)
+    monkeypatch.setattr(smoke, "_server_args", lambda argv: (_TpArgs(), None))
+    monkeypatch.setattr(smoke, "_rank_main", fake_rank)
+    # fork, so the ranks see these patches (SGLang's launch code sets spawn, whose ranks re-import the module)
+    monkeypatch.setattr(multiprocessing, "Process", multiprocessing.get_context("fork").Process)
+    t0 = time.monotonic()
+    rc = smoke.child_main(str(spec))
+    assert time.monotonic() - t0 < 60
+    assert sorted(p.name for p in tmp_path.glob("rank*")) == ["rank0", "rank1", "rank2"]
+    assert rc == (0 if failing_rank is None else 1)
+
+
+def test_bench_e2e_report_has_the_best_prefill_of_the_rounds() -> None:
+    """The prefill's host part swings between rounds: the report adds a best-of-rounds table and its ratio."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_e2e
+
+    def res(median: float, best: float) -> dict:
+        bench = {1: {"prefill_ms": median, "decode_ms": 1.0, "prefill_min_ms": best, "decode_min_ms": 1.0,
+                     "graph": True}}
+        return {"device": "GPU", "sglang": "0.5.16", "torch": "2.11", "bench": bench}
+
+    args = argparse.Namespace(layers=4, input_len=256, repeats=5, decode_steps=16, batch_sizes=[1])
+    report = bench_e2e.markdown({"native": res(30.0, 20.0), "emulated": res(33.0, 22.0)}, {}, args)
+    best = report[report.index("### Prefill, best of 5 rounds"):]
+    assert "| 1 | 20.000 | 22.000 | 1.10 |" in best
+    assert "| 1 | 30.000 | 33.000 | 1.10 |" in report
