@@ -130,6 +130,9 @@ def _fp8_gemm_kernel(
     partials or the final output, whatever c's element type is)."""
     GROUP_M: tl.constexpr = 8
     TILES_PER_SCALE: tl.constexpr = SCALE_K // BLOCK_K
+    # a tile no wider than a weight-scale block lies in one (both powers of two): one weight scale per K block,
+    # folded into the per-row activation scale, so each K block costs one FFMA per accumulator element
+    SB_SCALAR: tl.constexpr = BLOCK_N <= SCALE_K
     # the wrappers guarantee these (16-byte rows): vectorised, pipelined loads even when the JIT cannot see it
     K = K // 16 * 16
     stride_ab = stride_ab // 16 * 16
@@ -159,7 +162,10 @@ def _fp8_gemm_kernel(
     a_ptrs = tl.multiple_of(a_ptrs, [16, 16])  # base pointers are 16-byte aligned (checked by the wrappers)
     b_ptrs = tl.multiple_of(b_ptrs, [16, 16])
     sa_row = as_ptr + pid_b * stride_sab + offs_m * stride_sam
-    sb_row = bs_ptr + pid_b * stride_sbb + (offs_n // SCALE_K) * stride_sbn
+    if SB_SCALAR:
+        sb_row = bs_ptr + pid_b * stride_sbb + (pid_n * BLOCK_N // SCALE_K) * stride_sbn
+    else:
+        sb_row = bs_ptr + pid_b * stride_sbb + (offs_n // SCALE_K) * stride_sbn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kt in range(kt0, kt1):
@@ -178,14 +184,20 @@ def _fp8_gemm_kernel(
         b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         if b.dtype == tl.uint8:
             b = b.to(tl.float8e4nv, bitcast=True)
-        sb = tl.load(sb_row + ks * stride_sbk, mask=n_ok, other=0)
+        if SB_SCALAR:
+            sb = tl.load(sb_row + ks * stride_sbk)
+        else:
+            sb = tl.load(sb_row + ks * stride_sbk, mask=n_ok, other=0)
         if B_E8M0:
             sb = (sb.to(tl.int32) << 23).to(tl.float32, bitcast=True)
         if UPCAST:  # the interpreter has no fp8 dot
             part = tl.dot(a.to(tl.float32), b.to(tl.float32))
         else:
             part = tl.dot(a, b)
-        acc += part * sa[:, None] * sb[None, :]
+        if SB_SCALAR:
+            acc += part * (sa * sb)[:, None]
+        else:
+            acc += part * sa[:, None] * sb[None, :]
         offs_k += BLOCK_K
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
