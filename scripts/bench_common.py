@@ -86,6 +86,13 @@ def run_gates(
     return gates
 
 
+def sweep_table_head(caption: str, keys: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """First lines of a sweep's markdown table: ``caption``, a blank line, the header (row keys, then one column
+    per candidate) and its rule."""
+    head = [*keys, *columns]
+    return [caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
 def emit_table(table: str, out: str | None) -> None:
     """Print the markdown ``table``; with ``out`` also save it there."""
     print(table, flush=True)

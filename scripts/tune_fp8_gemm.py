@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates, try_baseline
+from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates, sweep_table_head, try_baseline
 from bench_moe_gemm import SHAPES, _bench_calls, _weights
 from tune_moe_routed import Tile, parse_tile, tile_name
 
@@ -98,14 +98,12 @@ def render(tiles: list[Tile], gates: dict[Tile, str], res: dict, ms: list[int], 
 
     ship = fp8_gemm.config_for(max(ms), SCALE_K)
     ship_tile = (ship.block_m, ship.block_n, ship.block_k or SCALE_K, ship.num_warps, ship.num_stages)
-    lines = [
+    lines = sweep_table_head(
         f"FP8 block GEMM (128x128 scales) prefill tiles, bf16 in/out, activation quant included; "
         f"DISABLE_MMA_V3={os.environ.get('DISABLE_MMA_V3', 'unset')}. µs per linear (TFLOP/s); * = shipped "
         "prefill tile, ** = fastest of ours.",
-        "",
-        "| linear | M | " + " | ".join(tile_name(t) for t in tiles) + " | DeepGEMM SM90 |",
-        "|---|---|" + "---|" * (len(tiles) + 1),
-    ]
+        ["linear", "M"], [*map(tile_name, tiles), "DeepGEMM SM90"],
+    )
     for name, (n, k) in LINEARS.items():
         for m in ms:
             times = {t: res[(name, m, t)] for t in tiles if (name, m, t) in res}

@@ -19,7 +19,7 @@ import functools
 import os
 import sys
 
-from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates
+from bench_common import add_sweep_args, aot_all_variants, emit_table, run_gates, sweep_table_head
 from bench_moe_gemm import MOE_E, MOE_H, MOE_I, MOE_LIMIT, MOE_TOPK, _bench_calls, _moe_routing, _moe_weights
 
 # The shipped tiles plus variants with fewer registers (more CTAs per SM) or wider N / K, each 0-spill on sm_120a in
@@ -100,14 +100,12 @@ def render(
 ) -> str:
     from sglang_sm120.kernels import moe_mxfp4
 
-    lines = [
+    lines = sweep_table_head(
         f"Routed MXFP4 MoE tiles, E={MOE_E}, top-{MOE_TOPK}, H={MOE_H}, I={MOE_I}/TP, activations {act}; "
         f"DISABLE_MMA_V3={os.environ.get('DISABLE_MMA_V3', 'unset')}. µs per call (TFLOP/s); * = shipped choice, "
         "** = fastest.",
-        "",
-        "| TP | T | " + " | ".join(tile_name(t) for t in tiles) + " |",
-        "|---|---|" + "---|" * len(tiles),
-    ]
+        ["TP", "T"], [tile_name(t) for t in tiles],
+    )
     for tp in tps:
         inter = MOE_I // tp
         for t in tokens:
