@@ -690,6 +690,8 @@ def load_native_result(path: str | os.PathLike[str], spec: dict[str, Any], devic
     batch sizes and decode steps made on a GPU named ``device``."""
     import torch
 
+    if not Path(path).is_file():
+        raise ValueError(f"--native-from {path}: no such file (an earlier run's <workdir>/compare-native.pt)")
     res = torch.load(path, weights_only=False)
     if not isinstance(res, dict) or "rounds" not in res:
         raise ValueError(f"--native-from {path}: not a saved in-process comparison result")

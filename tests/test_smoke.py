@@ -549,6 +549,8 @@ def test_native_from_rejects_results_that_do_not_compare(tmp_path: Path, over: d
     assert smoke.load_native_result(_saved_native(tmp_path), spec, "GPU X")["sglang"] == "0.5.16"
     with pytest.raises(ValueError, match=match):
         smoke.load_native_result(_saved_native(tmp_path, **over), spec, "GPU X")
+    with pytest.raises(ValueError, match="no such file"):
+        smoke.load_native_result(tmp_path / "missing.pt", spec, "GPU X")
 
 
 def test_native_from_forces_the_emulated_child_with_that_file(tmp_path: Path, monkeypatch) -> None:
@@ -625,8 +627,11 @@ def test_child_runs_one_process_per_tp_rank(tmp_path: Path, monkeypatch, failing
     t0 = time.monotonic()
     rc = smoke.child_main(str(spec))
     assert time.monotonic() - t0 < 60
-    assert sorted(p.name for p in tmp_path.glob("rank*")) == ["rank0", "rank1", "rank2"]
-    assert rc == (0 if failing_rank is None else 1)
+    ran = sorted(p.name for p in tmp_path.glob("rank*"))
+    if failing_rank is None:
+        assert ran == ["rank0", "rank1", "rank2"] and rc == 0
+    else:  # the others may be stopped before they start
+        assert "rank1" in ran and rc == 1
 
 
 def test_bench_e2e_report_has_the_best_prefill_of_the_rounds() -> None:
