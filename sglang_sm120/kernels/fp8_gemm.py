@@ -57,8 +57,9 @@ _DECODE_MAX_M, _MID_MAX_M = 16, 64
 # scale block -> regime -> config. 128 (V4): the fastest of an H100 sweep (mma.sync, CUDA-graph replays) on the
 # DSV4 wq_a / wq_b / wo_a / wo_b shapes. Decode: 16x32 tiles, fused quant (7-13 us at M 1 and 16). Mid: fused
 # quant took 1.35-1.85x the time of a separate quant launch plus 64x64 tiles. Prefill: 128x64 with 64-wide K
-# tiles on 4 warps took 11-23 % less time than 128x64 on 8 warps and 128x128 at M = 4096 (BLOCK_K 128 spills
-# at 128x64 on 4 warps). 32 (V4.1): not swept.
+# tiles on 4 warps took 11-23 % less time than 128x64 on 8 warps and 128x128 at M = 4096 (BLOCK_K 128 spilled
+# at 128x64 on 4 warps then; since the weight scale is folded into the row scale it fits in 255 registers, not
+# timed yet: scripts/tune_fp8_gemm.py). 32 (V4.1): not swept.
 CONFIGS: dict[int, dict[str, GemmConfig]] = {
     128: {
         "decode": GemmConfig(16, 32, 4, 4, waves=2, fuse_quant=True),
