@@ -249,13 +249,13 @@ def _fill_fp8_experts_as_fp4(weight: torch.Tensor, scale: torch.Tensor, seed: in
     if n % FP8_BLOCK or k % FP8_BLOCK or tuple(scale.shape) != (e, n // FP8_BLOCK, k // FP8_BLOCK):
         raise ValueError(f"{name}: FP8 experts {tuple(weight.shape)} with scale {tuple(scale.shape)}; expected N and "
                          f"K multiples of {FP8_BLOCK} and a scale of shape {(e, n // FP8_BLOCK, k // FP8_BLOCK)}")
+    from sglang_sm120.reference.moe_mxfp4 import dequant_mxfp4
+
     raw, exps = fp4_expert_codes(weight.shape, seed, name, weight.device)
-    lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], device=weight.device)
     block = exps.view(e, n // FP8_BLOCK, FP8_BLOCK, k // FP8_BLOCK, FP8_BLOCK // FP4_BLOCK).amax(dim=(2, 4))
     for i in range(e):  # one expert at a time: the whole tensor in fp32 would not fit beside the model
-        codes = torch.stack((raw[i] & 15, raw[i] >> 4), dim=-1).flatten(-2).long()
         shift = exps[i] - block[i].repeat_interleave(FP8_BLOCK, 0).repeat_interleave(FP8_BLOCK // FP4_BLOCK, 1)
-        weight.data[i].copy_((lut[codes] * torch.exp2(shift.float()).repeat_interleave(FP4_BLOCK, -1)).to(weight.dtype))
+        weight.data[i].copy_(dequant_mxfp4(raw[i], torch.exp2(shift.float())).to(weight.dtype))
     _write_scale_exponents(scale, block)
 
 
