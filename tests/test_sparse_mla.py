@@ -238,23 +238,27 @@ def test_tile_choice():
 
 def test_fp8_cache_needs_chunks_of_one_scale_block():
     """The bf16-workspace prefill tile has 128-column chunks; over the fp8 cache (one UE8M0 scale per 64
-    columns, applied per chunk) the same tile must not compile rather than scale half its columns wrongly
-    (AOT compile for sm_120a, in a process without the interpreter)."""
-    assert K._CFG_PREFILL_BF16.nc < 8 <= K._CFG_PREFILL.nc
+    columns, applied per chunk; the 64 RoPE columns read as the last chunk) it must not compile rather than
+    scale half its columns wrongly, nor must 32-column chunks (AOT compile for sm_120a, in a process without
+    the interpreter)."""
+    assert K._CFG_PREFILL_BF16.nc < 8 == K._CFG_PREFILL.nc
     code = (
+        "import dataclasses\n"
         "from sglang_sm120.aot import check_config\n"
         "from sglang_sm120.kernels import sparse_mla as K\n"
         "from sglang_sm120.kernels.registry import registered\n"
         "k = next(k for k in registered() if k.name == 'sparse_mla.attend')\n"
-        "for bf16 in (False, True):\n"
-        "    print(bf16, check_config(k, K._aot_config(K._CFG_PREFILL_BF16, False, bf16), 120).problems)\n"
+        "for cfg, bf16 in ((K._CFG_PREFILL_BF16, False), (dataclasses.replace(K._CFG_PREFILL, nc=16), False),\n"
+        "                  (K._CFG_PREFILL_BF16, True)):\n"
+        "    print(bf16, check_config(k, K._aot_config(cfg, False, bf16), 120).problems)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     lines = proc.stdout.splitlines()
-    assert proc.returncode == 0 and len(lines) == 2, proc.stdout + proc.stderr
-    assert lines[0].startswith("False [") and "CompileTimeAssertionFailure" in lines[0], lines
-    assert lines[1] == "True []", lines
+    assert proc.returncode == 0 and len(lines) == 3, proc.stdout + proc.stderr
+    for line in lines[:2]:
+        assert line.startswith("False [") and "CompileTimeAssertionFailure" in line, lines
+    assert lines[2] == "True []", lines
 
 
 def test_split_choice_and_workspace():
