@@ -298,6 +298,7 @@ def test_bad_inputs():
     short = cache.view(torch.uint8).as_strided((4, 4, 1, 576), cache.stride())
     bad(1, short, r"k_cache: expected \[num_pages")
     bad(1, torch.zeros(4, 4, 1, 584, dtype=torch.float32), "k_cache: expected uint8")
+    bad(1, torch.zeros(4, 3, 1, 584, dtype=torch.uint8), r"k_cache: page_size \(dim 1\) must be a power of two")
     odd = torch.zeros(4 * 2344 + 8, dtype=torch.uint8).as_strided((4, 4, 1, 584), (2344, 584, 584, 1))
     bad(1, odd, "k_cache: expected a 16-byte aligned")
     bad(

@@ -46,29 +46,30 @@ def _block_slots(idx_ptr, n_valid, eidx_ptr, en_valid, nb0, blk, blk_hi, BLOCK_N
 
 
 @triton.jit
-def _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot):
+def _slot_rows(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, second, slot):
     """Cache base pointer (extra cache when ``second``), data-row and scale-row byte offsets
-    ``[BLOCK_N]`` int64 of ``slot`` (-1 read as slot 0)."""
+    ``[BLOCK_N]`` int64 of ``slot`` (-1 read as slot 0); pages of ``2 ** page_bits`` tokens (shifts: a
+    division by a runtime page size cost ~9-13 % of the decode loop's instructions)."""
     # both caches are validated 16-byte aligned (base and page stride): lets the gathers vectorise
     # whatever the JIT's specialisation of the integer arguments
     base = tl.multiple_of(tl.where(second, ekv_ptr, kv_ptr), 16)
     stride = tl.multiple_of(tl.where(second, epage_stride, page_stride), 16)
-    psize = tl.where(second, epage_size, page_size)
+    bits = tl.where(second, epage_bits, page_bits)
     slot = tl.maximum(slot, 0).to(tl.int64)
-    page = slot // psize
-    off = slot - page * psize
-    return base, page * stride + off * 576, page * stride + psize * 576 + off * 8
+    page = slot >> bits
+    off = slot - (page << bits)
+    return base, page * stride + off * 576, page * stride + (576 << bits) + off * 8
 
 
 @triton.jit
 def _prefetch_l2(
-    kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot, KV_BF16: tl.constexpr
+    kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows, second, slot, KV_BF16: tl.constexpr
 ):
     """``prefetch.global.L2`` every 128-B line of each slot's row: the 584 B of an fp8 row, the 1024 B of a
     bf16 row (no registers held)."""
-    if KV_BF16:  # slots past the rows (``epage_size`` carries the count) are invalid: never addressed
-        slot = tl.where(slot < epage_size, slot, -1)
-    base, row, srow = _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot)
+    if KV_BF16:  # slots at or past kv_rows are invalid: never addressed
+        slot = tl.where(slot < kv_rows, slot, -1)
+    base, row, srow = _slot_rows(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, second, slot)
     j = tl.arange(0, 8)[None, :]
     if KV_BF16:
         addr = base + row[:, None] + j * 128
@@ -83,10 +84,11 @@ def _prefetch_l2(
 def _gather_block(
     kv_ptr,
     page_stride,
-    page_size,
+    page_bits,
     ekv_ptr,
     epage_stride,
-    epage_size,
+    epage_bits,
+    kv_rows,
     second,
     slot,
     NC: tl.constexpr,
@@ -99,14 +101,14 @@ def _gather_block(
     Returns fp8 NoPE bytes ``[NC, BLOCK_N, DC]`` u8 (0 on RoPE columns), UE8M0 bytes ``[NC, BLOCK_N, 1]``
     u8, RoPE ``[1, BLOCK_N, DC]`` bf16 and validity ``[BLOCK_N]``.  KV_BF16: the cache is bf16 rows (page
     size 1, the page stride the row stride): all 512 columns come back in the RoPE slot (``[NC, BLOCK_N,
-    DC]``), the fp8 and scale slots are unused, and ``epage_size`` carries the row count: slots at or past
-    it are invalid too (FlashMLA's sparse-prefill contract).
+    DC]``), the fp8 and scale slots are unused, and slots at or past ``kv_rows`` are invalid too (FlashMLA's
+    sparse-prefill contract).
     """
     DC: tl.constexpr = 512 // NC
     valid = slot >= 0
     if KV_BF16:  # masked: a slot past the rows is never read
-        valid = valid & (slot < epage_size)
-    base, row, srow = _slot_rows(kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, second, slot)
+        valid = valid & (slot < kv_rows)
+    base, row, srow = _slot_rows(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, second, slot)
     row = row[None, :, None]
     v3 = valid[None, :, None]
     chunk = tl.arange(0, NC)[:, None, None]
@@ -178,14 +180,15 @@ def _sparse_mla_kernel(
     stride_qh,
     kv_ptr,
     page_stride,
-    page_size,
+    page_bits,
     idx_ptr,
     stride_it,
     len_ptr,
     num_idx,
     ekv_ptr,
     epage_stride,
-    epage_size,
+    epage_bits,
+    kv_rows,
     eidx_ptr,
     stride_eit,
     elen_ptr,
@@ -258,10 +261,11 @@ def _sparse_mla_kernel(
             _prefetch_l2(
                 kv_ptr,
                 page_stride,
-                page_size,
+                page_bits,
                 ekv_ptr,
                 epage_stride,
-                epage_size,
+                epage_bits,
+                kv_rows,
                 lo + d >= nb0,
                 _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + d, hi, BLOCK_N),
                 KV_BF16,
@@ -270,16 +274,26 @@ def _sparse_mla_kernel(
     for blk in range(lo, hi):
         if L2_AHEAD > 0:
             _prefetch_l2(
-                kv_ptr, page_stride, page_size, ekv_ptr, epage_stride, epage_size, blk + L2_AHEAD >= nb0, ahead, KV_BF16
+                kv_ptr,
+                page_stride,
+                page_bits,
+                ekv_ptr,
+                epage_stride,
+                epage_bits,
+                kv_rows,
+                blk + L2_AHEAD >= nb0,
+                ahead,
+                KV_BF16,
             )
             ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk + L2_AHEAD + 1, hi, BLOCK_N)
         kb, sb, kr, valid = _gather_block(
             kv_ptr,
             page_stride,
-            page_size,
+            page_bits,
             ekv_ptr,
             epage_stride,
-            epage_size,
+            epage_bits,
+            kv_rows,
             blk >= nb0,
             _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, BLOCK_N),
             NC,
@@ -396,14 +410,15 @@ _MAIN_SIG = {
     "stride_qh": "i32",
     "kv_ptr": "*u8",
     "page_stride": "i64",
-    "page_size": "i32",
+    "page_bits": "i32",
     "idx_ptr": "*i32",
     "stride_it": "i32",
     "len_ptr": "*i32",
     "num_idx": "i32",
     "ekv_ptr": "*u8",
     "epage_stride": "i64",
-    "epage_size": "i32",
+    "epage_bits": "i32",
+    "kv_rows": "i32",
     "eidx_ptr": "*i32",
     "stride_eit": "i32",
     "elen_ptr": "*i32",
@@ -526,6 +541,8 @@ def _check_cache(name: str, cache: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected uint8 (or float8_e4m3fn) bytes, got {cache.dtype}")
     if cache.ndim != 4 or cache.shape[2] != 1 or cache.shape[3] != TOKEN_BYTES:
         raise ValueError(f"{name}: expected [num_pages, page_size, 1, {TOKEN_BYTES}], got {tuple(cache.shape)}")
+    if cache.shape[1] < 1 or cache.shape[1] & (cache.shape[1] - 1):
+        raise ValueError(f"{name}: page_size (dim 1) must be a power of two, got {tuple(cache.shape)}")
     if cache.stride(3) != 1 or cache.stride(0) < cache.shape[1] * TOKEN_BYTES:
         raise ValueError(
             f"{name}: expected page stride >= page_size*{TOKEN_BYTES} B and unit byte stride, "
@@ -536,6 +553,11 @@ def _check_cache(name: str, cache: torch.Tensor) -> None:
             f"{name}: expected a 16-byte aligned base and page stride (the kernel gathers 16 B "
             f"vectors), got page stride {cache.stride(0)}, address {cache.data_ptr():#x}"
         )
+
+
+def _page_bits(cache: torch.Tensor) -> int:
+    """log2 of a checked cache's (power-of-two) page size."""
+    return cache.shape[1].bit_length() - 1
 
 
 def _check_indices(name: str, idx: torch.Tensor, rows: int) -> None:
@@ -638,14 +660,15 @@ def sparse_mla_fwd(
         q.stride(1),
         k_cache.view(torch.uint8),
         k_cache.stride(0),
-        k_cache.shape[1],
+        _page_bits(k_cache),
         indices,
         indices.stride(0),
         topk_length if topk_length is not None else indices,
         num_idx,
         ekv.view(torch.uint8),
         ekv.stride(0),
-        ekv.shape[1],
+        _page_bits(ekv),
+        0,
         eidx,
         eidx.stride(0),
         elen if elen is not None else indices,
@@ -734,9 +757,9 @@ def sparse_mla_bf16_fwd(
     raw = rows.view(torch.uint8)
     compiled = _sparse_mla_kernel[(t_rows * triton.cdiv(heads, cfg.block_h), 1)](
         q, q.stride(0), q.stride(1),
-        raw, rows.stride(0) * 2, 1, indices, indices.stride(0),
+        raw, rows.stride(0) * 2, 0, indices, indices.stride(0),
         topk_length if topk_length is not None else indices, indices.shape[1],
-        raw, rows.stride(0) * 2, rows.shape[0], indices, indices.stride(0), indices, 0,
+        raw, rows.stride(0) * 2, 0, rows.shape[0], indices, indices.stride(0), indices, 0,
         int(topk_length is not None), 0, 1,
         attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
         out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1), lse, lse,
