@@ -16,7 +16,8 @@ writes it, -1 padded to a multiple of 128) back to back; ``long4k`` is one 4096-
 512 + SWA 128 = 640 valid candidates per row from row 2048 on).  The tile is forced through
 ``sparse_mla._CFG_PREFILL_BF16``; the last column is sgl-kernel's FlashMLA ``flash_mla_sparse_fwd`` (SM90) on the
 same inputs when it is installed.  Decode cases are ``bench_sparse_mla.py``'s (32 heads = TP 2, SWA 128 + C4 top-k
-512 over an 8K context): ``dec<bs>`` one token per request, ``mtp32`` 32 requests x 2 tokens; the tile is forced
+512 over an 8K context): ``dec<bs>`` one token per request, ``mtp32`` 32 requests x 2 tokens, ``pre2k`` 16 requests x
+128 tokens (2048 rows, unsplit: the fp8-cache prefill tile SGLang 0.5.12's extend batches take); the tile is forced
 through ``sparse_mla._pick_cfg`` (split count as ``choose_num_splits`` gives it for that tile) and the ``auto``
 column is the shipped choice.  µs per case (CUDA-graph replays) and TFLOP/s on valid candidates (4 x 512 FLOP per
 head and candidate); * marks the shipped tile, ** the fastest per row.  Headline numbers need ``DISABLE_MMA_V3=1``.
@@ -52,7 +53,10 @@ DEFAULT_TILES = (
 )
 DECODE_TILES = "h16n16c8w8s1p0,h32n32c8w8s1p2,h16n16c8w4s1p0,h16n32c8w4s1p0,h32n16c8w4s1p2,h32n32c8w4s1p2"
 PREFILL_CASES = ("bs8", "bs32", "long4k")
-DECODE_CASES = {"dec1": (1, 1), "dec8": (8, 1), "dec32": (32, 1), "dec64": (64, 1), "mtp32": (32, 2)}
+# (requests, tokens per request) over the fp8 cache
+DECODE_CASES = {
+    "dec1": (1, 1), "dec8": (8, 1), "dec32": (32, 1), "dec64": (64, 1), "mtp32": (32, 2), "pre2k": (16, 128),
+}  # fmt: skip
 CASES = (*PREFILL_CASES, *DECODE_CASES)
 DECODE_CTX = 8192
 AUTO = "auto"
@@ -220,7 +224,7 @@ def render(tiles: list[str], gates: dict[str, tuple[bool, str]], results: dict[s
     ship = tile_name(sparse_mla._CFG_PREFILL_BF16)
     cols = [AUTO, *tiles] if decode else [*tiles, "flashmla"]
     lines = [
-        f"Sparse MLA {'decode (fp8 cache, 32 heads)' if decode else 'prefill (bf16 workspace), 64 heads'}; "
+        f"Sparse MLA {'fp8 cache, 32 heads' if decode else 'prefill (bf16 workspace), 64 heads'}; "
         f"DISABLE_MMA_V3={os.environ.get('DISABLE_MMA_V3', 'unset')}. µs per case (TFLOP/s on valid candidates); "
         + ("* = shipped choice (auto: the tile it picks)" if decode else "* = shipped, last column FlashMLA (SM90)")
         + ", ** = fastest.",
