@@ -258,47 +258,18 @@ def _sparse_mla_kernel(
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     if L2_AHEAD > 0:  # blocks lo .. lo + L2_AHEAD - 1 now; each step then prefetches the block L2_AHEAD on
         for d in tl.static_range(L2_AHEAD):
-            _prefetch_l2(
-                kv_ptr,
-                page_stride,
-                page_bits,
-                ekv_ptr,
-                epage_stride,
-                epage_bits,
-                kv_rows,
-                lo + d >= nb0,
-                _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + d, hi, BLOCK_N),
-                KV_BF16,
-            )
+            slots = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + d, hi, BLOCK_N)
+            _prefetch_l2(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows, lo + d >= nb0,
+                         slots, KV_BF16)  # fmt: skip
         ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + L2_AHEAD, hi, BLOCK_N)
     for blk in range(lo, hi):
         if L2_AHEAD > 0:
-            _prefetch_l2(
-                kv_ptr,
-                page_stride,
-                page_bits,
-                ekv_ptr,
-                epage_stride,
-                epage_bits,
-                kv_rows,
-                blk + L2_AHEAD >= nb0,
-                ahead,
-                KV_BF16,
-            )
+            _prefetch_l2(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows,
+                         blk + L2_AHEAD >= nb0, ahead, KV_BF16)  # fmt: skip
             ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk + L2_AHEAD + 1, hi, BLOCK_N)
-        kb, sb, kr, valid = _gather_block(
-            kv_ptr,
-            page_stride,
-            page_bits,
-            ekv_ptr,
-            epage_stride,
-            epage_bits,
-            kv_rows,
-            blk >= nb0,
-            _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, BLOCK_N),
-            NC,
-            KV_BF16,
-        )
+        slots = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, BLOCK_N)
+        kb, sb, kr, valid = _gather_block(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows,
+                                          blk >= nb0, slots, NC, KV_BF16)  # fmt: skip
         acc, m_i, l_i = _attend_block(qt, acc, m_i, l_i, kb, sb, kr, valid, qk_scale, NC, UPCAST, KV_BF16)
 
     lonely = l_i == 0.0
