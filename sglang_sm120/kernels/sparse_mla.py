@@ -36,13 +36,19 @@ SUPPORTED_HEADS = (8, 16, 32, 64, 128)
 
 
 @triton.jit
-def _block_slots(idx_ptr, n_valid, eidx_ptr, en_valid, nb0, blk, blk_hi, BLOCK_N: tl.constexpr):
+def _block_slots(
+    idx_ptr, n_valid, eidx_ptr, en_valid, nb0, blk, blk_hi, kv_rows, BLOCK_N: tl.constexpr, KV_BF16: tl.constexpr
+):
     """Slots ``[BLOCK_N]`` int32 of candidate block ``blk`` of the list [main blocks ``0..nb0``) | extra
-    blocks]; -1 where invalid, past the list's length or ``blk >= blk_hi``."""
+    blocks]; -1 where invalid, past the list's length or ``blk >= blk_hi``, and (KV_BF16) at or past ``kv_rows``
+    (FlashMLA's sparse-prefill contract), so a -1 slot is the only invalid one downstream."""
     second = blk >= nb0
     pos = tl.where(second, blk - nb0, blk) * BLOCK_N + tl.arange(0, BLOCK_N)
     lim = tl.where(blk < blk_hi, tl.where(second, en_valid, n_valid), 0)
-    return tl.load(tl.where(second, eidx_ptr, idx_ptr) + pos, mask=pos < lim, other=-1)
+    slot = tl.load(tl.where(second, eidx_ptr, idx_ptr) + pos, mask=pos < lim, other=-1)
+    if KV_BF16:
+        slot = tl.where(slot < kv_rows, slot, -1)
+    return slot
 
 
 @triton.jit
@@ -63,12 +69,10 @@ def _slot_rows(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits
 
 @triton.jit
 def _prefetch_l2(
-    kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows, second, slot, KV_BF16: tl.constexpr
+    kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, second, slot, KV_BF16: tl.constexpr
 ):
     """``prefetch.global.L2`` every 128-B line of each slot's row: the 584 B of an fp8 row, the 1024 B of a
     bf16 row (no registers held)."""
-    if KV_BF16:  # slots at or past kv_rows are invalid: never addressed
-        slot = tl.where(slot < kv_rows, slot, -1)
     base, row, srow = _slot_rows(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, second, slot)
     j = tl.arange(0, 8)[None, :]
     if KV_BF16:
@@ -88,7 +92,6 @@ def _gather_block(
     ekv_ptr,
     epage_stride,
     epage_bits,
-    kv_rows,
     second,
     slot,
     NC: tl.constexpr,
@@ -101,13 +104,10 @@ def _gather_block(
     Returns fp8 NoPE bytes ``[NC, BLOCK_N, DC]`` u8 (0 on RoPE columns), UE8M0 bytes ``[NC, BLOCK_N, 1]``
     u8, RoPE ``[1, BLOCK_N, DC]`` bf16 and validity ``[BLOCK_N]``.  KV_BF16: the cache is bf16 rows (page
     size 1, the page stride the row stride): all 512 columns come back in the RoPE slot (``[NC, BLOCK_N,
-    DC]``), the fp8 and scale slots are unused, and slots at or past ``kv_rows`` are invalid too (FlashMLA's
-    sparse-prefill contract).
+    DC]``), the fp8 and scale slots are unused.
     """
     DC: tl.constexpr = 512 // NC
     valid = slot >= 0
-    if KV_BF16:  # masked: a slot past the rows is never read
-        valid = valid & (slot < kv_rows)
     base, row, srow = _slot_rows(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, second, slot)
     row = row[None, :, None]
     v3 = valid[None, :, None]
@@ -258,17 +258,18 @@ def _sparse_mla_kernel(
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     if L2_AHEAD > 0:  # blocks lo .. lo + L2_AHEAD - 1 now; each step then prefetches the block L2_AHEAD on
         for d in tl.static_range(L2_AHEAD):
-            slots = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + d, hi, BLOCK_N)
-            _prefetch_l2(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows, lo + d >= nb0,
-                         slots, KV_BF16)  # fmt: skip
-        ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + L2_AHEAD, hi, BLOCK_N)
+            slots = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + d, hi, kv_rows, BLOCK_N, KV_BF16)
+            _prefetch_l2(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, lo + d >= nb0, slots,
+                         KV_BF16)  # fmt: skip
+        ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, lo + L2_AHEAD, hi, kv_rows, BLOCK_N, KV_BF16)
     for blk in range(lo, hi):
         if L2_AHEAD > 0:
-            _prefetch_l2(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows,
-                         blk + L2_AHEAD >= nb0, ahead, KV_BF16)  # fmt: skip
-            ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk + L2_AHEAD + 1, hi, BLOCK_N)
-        slots = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, BLOCK_N)
-        kb, sb, kr, valid = _gather_block(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, kv_rows,
+            _prefetch_l2(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits, blk + L2_AHEAD >= nb0,
+                         ahead, KV_BF16)  # fmt: skip
+            ahead = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk + L2_AHEAD + 1, hi, kv_rows, BLOCK_N,
+                                 KV_BF16)  # fmt: skip
+        slots = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, kv_rows, BLOCK_N, KV_BF16)
+        kb, sb, kr, valid = _gather_block(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits,
                                           blk >= nb0, slots, NC, KV_BF16)  # fmt: skip
         acc, m_i, l_i = _attend_block(qt, acc, m_i, l_i, kb, sb, kr, valid, qk_scale, NC, UPCAST, KV_BF16)
 
