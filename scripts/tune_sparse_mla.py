@@ -3,11 +3,12 @@
     DISABLE_MMA_V3=1 PYTHONPATH=. python scripts/tune_sparse_mla.py [--cases bs8,bs32,long4k | dec1,dec8,dec32,...]
                                      [--tiles h32n32c8w8s1p0,...] [--out FILE.md]
 
-Tile notation ``h<BLOCK_H>n<BLOCK_N>c<NC>w<warps>s<stages>p<L2_AHEAD>`` (heads per program, candidates per step,
-column chunks, warps, pipeline stages, blocks prefetched into L2 ahead; a prefetching tile leaves each split
-L2_AHEAD + 1 blocks).  Every candidate first passes the AOT gate for ``sm_120a`` on the builds its cases launch
-(prefill: the ``KV_BF16`` build; decode: the fp8-cache build split and unsplit; every alignment variant: <= 101,376 B
-shared memory, 0 spills); a failing one is listed and not timed.
+Tile notation ``h<BLOCK_H>n<BLOCK_N>c<NC>w<warps>s<stages>p<L2_AHEAD>[x<PER_SM>]`` (heads per program, candidates
+per step, column chunks, warps, pipeline stages, blocks prefetched into L2 ahead; a prefetching tile leaves each split
+L2_AHEAD + 1 blocks; decode: the split budget counts PER_SM programs per SM, default 1).  Every candidate first
+passes the AOT gate for ``sm_120a`` on the builds its cases launch (prefill: the ``KV_BF16`` build; decode: the
+fp8-cache build split and unsplit; every alignment variant: <= 101,376 B shared memory, 0 spills); a failing one is
+listed and not timed.
 
 Prefill cases mirror what SGLang 0.5.16's ``_forward_prefill_sparse`` hands FlashMLA for the e2e benchmark's tiny
 DSV4 (64 heads, 256-token prompts, workspace = per request its compressed rows then its SWA rows): ``bs8`` /
@@ -66,15 +67,17 @@ def parse_tile(text: str):
     """``"h32n32c8w8s1p2"`` -> ``sparse_mla._Cfg``."""
     from sglang_sm120.kernels.sparse_mla import _Cfg
 
-    m = re.fullmatch(r"h(\d+)n(\d+)c(\d+)w(\d+)s(\d+)p(\d+)", text)
+    m = re.fullmatch(r"h(\d+)n(\d+)c(\d+)w(\d+)s(\d+)p(\d+)(?:x(\d+))?", text)
     if not m:
-        raise ValueError(f"tile {text!r}: expected h<BLOCK_H>n<BLOCK_N>c<NC>w<WARPS>s<STAGES>p<L2_AHEAD>")
-    bh, bn, nc, nw, ns, l2 = (int(v) for v in m.groups())
-    return _Cfg(bh, bn, num_warps=nw, num_stages=ns, nc=nc, l2_ahead=l2, min_blocks=l2 + 1)
+        raise ValueError(f"tile {text!r}: expected h<BLOCK_H>n<BLOCK_N>c<NC>w<WARPS>s<STAGES>p<L2_AHEAD>[x<PER_SM>]")
+    bh, bn, nc, nw, ns, l2 = (int(v) for v in m.groups()[:6])
+    per_sm = int(m.group(7) or 1)
+    return _Cfg(bh, bn, num_warps=nw, num_stages=ns, nc=nc, l2_ahead=l2, min_blocks=l2 + 1, per_sm=per_sm)
 
 
 def tile_name(cfg) -> str:
-    return f"h{cfg.block_h}n{cfg.block_n}c{cfg.nc}w{cfg.num_warps}s{cfg.num_stages}p{cfg.l2_ahead}"
+    name = f"h{cfg.block_h}n{cfg.block_n}c{cfg.nc}w{cfg.num_warps}s{cfg.num_stages}p{cfg.l2_ahead}"
+    return name + (f"x{cfg.per_sm}" if cfg.per_sm > 1 else "")
 
 
 def aot_gate(text: str, decode: bool = False) -> tuple[bool, str]:

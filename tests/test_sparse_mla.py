@@ -273,7 +273,7 @@ def test_split_choice_and_workspace():
             s = K.choose_num_splits(rows, h, 128, 512, dev)
             programs = rows * -(-h // cfg.block_h)
             blocks = -(-128 // cfg.block_n) - (-512 // cfg.block_n)
-            assert s == 1 or (programs * s <= sms and s * cfg.min_blocks <= blocks), (h, rows, s)
+            assert s == 1 or (programs * s <= sms * cfg.per_sm and s * cfg.min_blocks <= blocks), (h, rows, s)
             need = max(need, rows * s * h if s > 1 else 0)
         assert K.workspace_for(63, h, 128, 512, dev).capacity >= need
 

@@ -19,6 +19,9 @@ def test_tile_notation_round_trips_and_rejects_garbage():
     large = sparse_mla._CFG_DECODE_LARGE
     assert tune_sparse_mla.parse_tile(tune_sparse_mla.tile_name(large)) == large
     assert tune_sparse_mla.tile_name(cfg) == "h32n16c4w8s2p2"
+    doubled = tune_sparse_mla.parse_tile("h16n16c8w4s1p0x2")
+    assert doubled == sparse_mla._Cfg(16, 16, num_warps=4, per_sm=2)
+    assert tune_sparse_mla.tile_name(doubled) == "h16n16c8w4s1p0x2"
     with pytest.raises(ValueError, match="expected h<BLOCK_H>n<BLOCK_N>"):
         tune_sparse_mla.parse_tile("32x32")
 

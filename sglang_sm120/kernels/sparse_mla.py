@@ -345,8 +345,9 @@ def _sparse_mla_combine_kernel(
 class _Cfg:
     """Launch configuration: ``block_h`` heads per program (16 = the mma M; heads past H are masked),
     ``block_n`` candidates per step, ``nc`` column chunks (the batch axis of both dots, spread over the
-    warps), L2 prefetch ``l2_ahead`` blocks ahead, and the fewest candidate blocks per split
-    :func:`choose_num_splits` leaves a program (the prefetch needs a few)."""
+    warps), L2 prefetch ``l2_ahead`` blocks ahead, the fewest candidate blocks per split
+    :func:`choose_num_splits` leaves a program (the prefetch needs a few), and the programs per SM its split
+    budget counts on (``per_sm`` > 1 only for a tile of which that many fit one SM)."""
 
     block_h: int
     block_n: int
@@ -355,6 +356,7 @@ class _Cfg:
     nc: int = 8
     l2_ahead: int = 0
     min_blocks: int = 1
+    per_sm: int = 1
 
 
 # Tiles picked by :func:`_pick_cfg`, from an H100 mma.sync sweep (DISABLE_MMA_V3=1, CUDA-graph
@@ -465,13 +467,13 @@ def _pick_cfg(num_rows: int, num_heads: int, device: torch.device, split: bool) 
 
 def choose_num_splits(num_rows: int, num_heads: int, topk: int, extra_topk: int, device: torch.device) -> int:
     """Split count for flash-decoding (host ints only): the most splits that keep rows x head blocks x
-    splits within one program per SM and leave each split the tile's ``min_blocks`` blocks."""
+    splits within the tile's ``per_sm`` programs per SM and leave each split its ``min_blocks`` blocks."""
     cfg = _pick_cfg(num_rows, num_heads, device, split=True)
     programs = num_rows * triton.cdiv(num_heads, cfg.block_h)
     if programs == 0:
         return 1
     blocks = triton.cdiv(topk, cfg.block_n) + triton.cdiv(extra_topk, cfg.block_n)
-    return max(1, min(num_sms(device) // programs, blocks // cfg.min_blocks, MAX_SPLITS))
+    return max(1, min(num_sms(device) * cfg.per_sm // programs, blocks // cfg.min_blocks, MAX_SPLITS))
 
 
 @dataclass
