@@ -3,12 +3,12 @@
     DISABLE_MMA_V3=1 PYTHONPATH=. python scripts/tune_sparse_mla.py [--cases bs8,bs32,long4k | dec1,dec8,dec32,...]
                                      [--tiles h32n32c8w8s1p0,...] [--out FILE.md]
 
-Tile notation ``h<BLOCK_H>n<BLOCK_N>c<NC>w<warps>s<stages>p<L2_AHEAD>[x<PER_SM>]`` (heads per program, candidates
+Tile notation ``h<BLOCK_H>n<BLOCK_N>c<NC>w<warps>s<stages>p<L2_AHEAD>[x<PER_SM>][f]`` (heads per program, candidates
 per step, column chunks, warps, pipeline stages, blocks prefetched into L2 ahead; a prefetching tile leaves each split
-L2_AHEAD + 1 blocks; decode: the split budget counts PER_SM programs per SM, default 1).  Every candidate first
-passes the AOT gate for ``sm_120a`` on the builds its cases launch (prefill: the ``KV_BF16`` build; decode: the
-fp8-cache build split and unsplit; every alignment variant: <= 101,376 B shared memory, 0 spills); a failing one is
-listed and not timed.
+L2_AHEAD + 1 blocks; decode: the split budget counts PER_SM programs per SM, default 1; ``f``: flat QK dot).  Every
+candidate first passes the AOT gate for ``sm_120a`` on the builds its cases launch (prefill: the ``KV_BF16`` build;
+decode: the fp8-cache build unsplit, and split unless the only case is ``pre2k``; every alignment variant: <= 101,376 B
+shared memory, 0 spills); a failing one is listed and not timed.
 
 Prefill cases mirror what SGLang 0.5.16's ``_forward_prefill_sparse`` hands FlashMLA for the e2e benchmark's tiny
 DSV4 (64 heads, 256-token prompts, workspace = per request its compressed rows then its SWA rows): ``bs8`` /
@@ -49,8 +49,8 @@ ALIGN = 128  # SGLang pads the combined index rows to a multiple of 128 (FlashML
 # The shipped tile, the 8-warp tile it replaced, and the runners-up of the 2026-12-07 H100 sweep (4 warps beat 8 by ~2x
 # at every size; in a CPU screen NC = 1 spilled 1-30 KB, NC = 2 with 32 heads or candidates spilled, 16 warps spilled).
 DEFAULT_TILES = (
-    "h32n16c4w4s2p0,h32n32c8w8s1p0,h32n16c4w4s1p0,h32n16c4w4s2p2,h32n16c8w4s2p0,h16n16c4w4s1p0,h16n16c4w4s2p0,"
-    "h16n16c4w2s1p0,h16n32c4w4s1p0,h16n16c8w8s1p0"
+    "h32n16c4w4s2p0f,h32n16c4w4s2p0,h32n32c8w8s1p0f,h32n32c8w8s1p0,h32n16c4w4s1p0f,h32n16c4w4s2p2f,h32n16c8w4s2p0f,"
+    "h16n16c4w4s1p0,h16n16c4w4s2p0,h16n32c4w4s1p0"
 )
 DECODE_TILES = "h16n16c8w8s1p0,h32n32c8w8s1p2,h16n16c8w4s1p0,h16n32c8w4s1p0,h32n16c8w4s1p2,h32n32c8w4s1p2"
 PREFILL_CASES = ("bs8", "bs32", "long4k")
@@ -59,6 +59,7 @@ DECODE_CASES = {
     "dec1": (1, 1), "dec8": (8, 1), "dec32": (32, 1), "dec64": (64, 1), "mtp32": (32, 2), "pre2k": (16, 128),
 }  # fmt: skip
 CASES = (*PREFILL_CASES, *DECODE_CASES)
+UNSPLIT_CASES = ("pre2k",)  # decode-mode cases with enough programs never to split
 DECODE_CTX = 8192
 AUTO = "auto"
 
@@ -67,28 +68,28 @@ def parse_tile(text: str):
     """``"h32n32c8w8s1p2"`` -> ``sparse_mla._Cfg``."""
     from sglang_sm120.kernels.sparse_mla import _Cfg
 
-    m = re.fullmatch(r"h(\d+)n(\d+)c(\d+)w(\d+)s(\d+)p(\d+)(?:x(\d+))?", text)
+    m = re.fullmatch(r"h(\d+)n(\d+)c(\d+)w(\d+)s(\d+)p(\d+)(?:x(\d+))?(f?)", text)
     if not m:
-        raise ValueError(f"tile {text!r}: expected h<BLOCK_H>n<BLOCK_N>c<NC>w<WARPS>s<STAGES>p<L2_AHEAD>[x<PER_SM>]")
+        raise ValueError(f"tile {text!r}: expected h<BLOCK_H>n<BLOCK_N>c<NC>w<WARPS>s<STAGES>p<L2_AHEAD>[x<PER_SM>][f]")
     bh, bn, nc, nw, ns, l2 = (int(v) for v in m.groups()[:6])
-    per_sm = int(m.group(7) or 1)
-    return _Cfg(bh, bn, num_warps=nw, num_stages=ns, nc=nc, l2_ahead=l2, min_blocks=l2 + 1, per_sm=per_sm)
+    per_sm, flat = int(m.group(7) or 1), m.group(8) == "f"
+    return _Cfg(bh, bn, num_warps=nw, num_stages=ns, nc=nc, l2_ahead=l2, min_blocks=l2 + 1, per_sm=per_sm, flat_qk=flat)
 
 
 def tile_name(cfg) -> str:
     name = f"h{cfg.block_h}n{cfg.block_n}c{cfg.nc}w{cfg.num_warps}s{cfg.num_stages}p{cfg.l2_ahead}"
-    return name + (f"x{cfg.per_sm}" if cfg.per_sm > 1 else "")
+    return name + (f"x{cfg.per_sm}" if cfg.per_sm > 1 else "") + ("f" if cfg.flat_qk else "")
 
 
-def aot_gate(text: str, decode: bool = False) -> tuple[bool, str]:
+def aot_gate(text: str, decode: bool = False, split: bool = True) -> tuple[bool, str]:
     """(passes, "regs R, smem B" or the problems) on sm_120a, every variant, of the ``KV_BF16`` prefill build or
-    (``decode``) of the fp8-cache build split and unsplit."""
+    (``decode``) of the fp8-cache build unsplit and (``split``) split."""
     from sglang_sm120.kernels import sparse_mla
     from sglang_sm120.kernels.registry import registered
 
     kernel = next(k for k in registered() if k.name == "sparse_mla.attend")
     cfg = parse_tile(text)
-    builds = [(True, False), (False, False)] if decode else [(False, True)]
+    builds = ([(True, False)] if split else []) + [(False, False)] if decode else [(False, True)]
     found = [aot_all_variants(kernel, sparse_mla._aot_config(cfg, split=sp, bf16=bf)) for sp, bf in builds]
     problems = [p for _, _, probs in found for p in probs]
     regs = "/".join(str(r) for r, _, _ in found)
@@ -248,7 +249,7 @@ def render(tiles: list[str], gates: dict[str, tuple[bool, str]], results: dict[s
             name = f" {res['auto_tile']}" if t == AUTO else ""
             cells.append(f"{us:.0f} ({flops[case] / us * 1e-6:.0f}){name}{mark}")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
-    build = "fp8 cache, split + unsplit" if decode else "KV_BF16"
+    build = "fp8 cache" if decode else "KV_BF16"
     lines += ["", f"AOT gate (sm_120a, {build}): " + "; ".join(f"{t} {why}" for t, (_, why) in gates.items())]
     return "\n".join(lines)
 
@@ -270,7 +271,8 @@ def main() -> None:
         cfg = parse_tile(t)
         if decode and cfg.nc != 8:
             ap.error(f"tile {t}: the fp8 cache needs NC == 8 (one UE8M0 scale per 64 columns, RoPE the last chunk)")
-    checked = run_gates(aot_gate, [(t, decode) for t in tiles], args.jobs, lambda key: key[0])
+    split = decode and any(c not in UNSPLIT_CASES for c in cases)
+    checked = run_gates(aot_gate, [(t, decode, split) for t in tiles], args.jobs, lambda key: key[0])
     gates = {key[0]: v for key, v in checked.items()}
     passing = [t for t in tiles if gates[t][0]]
     results, flops = {}, {}

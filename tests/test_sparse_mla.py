@@ -9,6 +9,7 @@ about 2^-8 relative each, so ``out`` is checked at atol 2e-2 / rtol 2e-2 (|out| 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -224,6 +225,9 @@ def test_tile_choice():
     small, large, prefill = K._CFG_DECODE_SMALL, K._CFG_DECODE_LARGE, K._CFG_PREFILL
     assert (small.block_h, small.block_n, small.l2_ahead) == (16, 16, 0)
     assert (large.block_h, large.block_n, large.l2_ahead) == (32, 32, 2)
+    # a flat QK needs an mma tile of its output per warp
+    for cfg in (small, large, prefill, K._CFG_PREFILL_BF16):
+        assert not cfg.flat_qk or cfg.block_h * cfg.block_n >= 128 * cfg.num_warps
     assert K.LARGE_DECODE_PROGRAMS == 48
     for h in (8, 16):
         assert K._pick_cfg(1000, h, dev, split=False) is small
@@ -344,8 +348,11 @@ def _run_bf16(q, kv, idx, ln, sink):
     return out, lse
 
 
+@pytest.mark.parametrize("flat_qk", [True, False])
 @pytest.mark.parametrize("t, h, k, with_len, with_sink", [(4, 16, 40, True, True), (3, 8, 33, False, False)])
-def test_bf16_kernel_vs_reference(t, h, k, with_len, with_sink):
+def test_bf16_kernel_vs_reference(t, h, k, with_len, with_sink, flat_qk, monkeypatch):
+    """The shipped bf16-workspace tile (flat QK) and the same tile with the chunk-batched QK."""
+    monkeypatch.setattr(K, "_CFG_PREFILL_BF16", dataclasses.replace(K._CFG_PREFILL_BF16, flat_qk=flat_qk))
     q, kv, idx, ln, sink = _bf16_case(t, h, 50, k)
     ln, sink = (ln if with_len else None), (sink if with_sink else None)
     out, lse = _run_bf16(q, kv, idx, ln, sink)

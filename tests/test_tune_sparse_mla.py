@@ -22,6 +22,9 @@ def test_tile_notation_round_trips_and_rejects_garbage():
     doubled = tune_sparse_mla.parse_tile("h16n16c8w4s1p0x2")
     assert doubled == sparse_mla._Cfg(16, 16, num_warps=4, per_sm=2)
     assert tune_sparse_mla.tile_name(doubled) == "h16n16c8w4s1p0x2"
+    flat = tune_sparse_mla.parse_tile("h32n16c4w4s2p0f")
+    assert flat == sparse_mla._Cfg(32, 16, num_warps=4, num_stages=2, nc=4, flat_qk=True)
+    assert tune_sparse_mla.tile_name(flat) == "h32n16c4w4s2p0f"
     with pytest.raises(ValueError, match="expected h<BLOCK_H>n<BLOCK_N>"):
         tune_sparse_mla.parse_tile("32x32")
 

@@ -140,14 +140,19 @@ def _attend_block(
     valid,
     qk_scale,
     NC: tl.constexpr,
+    FLAT_QK: tl.constexpr,
     UPCAST: tl.constexpr,
     KV_BF16: tl.constexpr,
 ):
     """Online-softmax update of ``acc [NC, BLOCK_H, DC]``, ``m_i``, ``l_i`` (base 2) by one gathered block;
-    ``qt [NC, BLOCK_H, DC]`` is q in the same column chunks.
+    ``qt`` is q: ``[BLOCK_H, 512]`` (FLAT_QK) or ``[NC, BLOCK_H, DC]`` in the same column chunks.
 
-    Column chunks are the batch axis of both dots, so each warp owns whole chunks: QK partial sums
-    per chunk are reduced over the chunk axis, PV needs no reduction.
+    Column chunks are the batch axis of the PV dot, so each warp owns whole chunks and it needs no
+    reduction.  QK: FLAT_QK, one ``[BLOCK_H, 512] x [512, BLOCK_N]`` dot whose output tiles the warps
+    share out (no reduction across warps); else chunk-batched too, the per-chunk partial sums then
+    reduced over the chunk axis (across the warps: for a 32 x 32 tile on 8 warps ~26 % of the loop's
+    instructions, mostly SHFL / FADD; worth it only where the flat dot's output has fewer 16 x 8 mma
+    tiles than there are warps, which would compute some twice).
     """
     DC: tl.constexpr = 512 // NC
     if KV_BF16:
@@ -160,7 +165,10 @@ def _attend_block(
             k = tl.where(nope, kf.to(tl.float32) * scale, kr.to(tl.float32))
         else:  # power-of-two scales: the bf16 product is exact
             k = tl.where(nope, kf.to(tl.bfloat16) * scale.to(tl.bfloat16), kr)
-    s = tl.sum(tl.dot(qt, tl.permute(k, (0, 2, 1))), 0)
+    if FLAT_QK:
+        s = tl.dot(qt, tl.trans(tl.reshape(tl.permute(k, (1, 0, 2)), (k.shape[1], 512))))
+    else:
+        s = tl.sum(tl.dot(qt, tl.permute(k, (0, 2, 1))), 0)
     s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -212,6 +220,7 @@ def _sparse_mla_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     NC: tl.constexpr,
+    FLAT_QK: tl.constexpr,
     SPLIT: tl.constexpr,
     L2_AHEAD: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -237,8 +246,12 @@ def _sparse_mla_kernel(
     col = tl.arange(0, NC)[:, None, None] * DC + tl.arange(0, DC)[None, None, :]  # [NC, 1, DC]
     h3 = heads[None, :, None]
     m3 = hmask[None, :, None]
-    # loaded once, before any gather is in flight (the compiler keeps it in shared memory)
-    qt = tl.load(q_ptr + t * stride_qt + h3 * stride_qh + col, mask=m3, other=0.0)
+    # loaded once, before any gather is in flight
+    if FLAT_QK:
+        qcol = tl.arange(0, 512)[None, :]
+        qt = tl.load(q_ptr + t * stride_qt + heads[:, None] * stride_qh + qcol, mask=hmask[:, None], other=0.0)
+    else:
+        qt = tl.load(q_ptr + t * stride_qt + h3 * stride_qh + col, mask=m3, other=0.0)
     if UPCAST:  # interpreter: bf16 tl.dot is wrong there, stay in fp32
         qt = qt.to(tl.float32)
 
@@ -271,7 +284,7 @@ def _sparse_mla_kernel(
         slots = _block_slots(idx_row, len0, eidx_row, len1, nb0, blk, hi, kv_rows, BLOCK_N, KV_BF16)
         kb, sb, kr, valid = _gather_block(kv_ptr, page_stride, page_bits, ekv_ptr, epage_stride, epage_bits,
                                           blk >= nb0, slots, NC, KV_BF16)  # fmt: skip
-        acc, m_i, l_i = _attend_block(qt, acc, m_i, l_i, kb, sb, kr, valid, qk_scale, NC, UPCAST, KV_BF16)
+        acc, m_i, l_i = _attend_block(qt, acc, m_i, l_i, kb, sb, kr, valid, qk_scale, NC, FLAT_QK, UPCAST, KV_BF16)
 
     lonely = l_i == 0.0
     o = acc / tl.where(lonely, 1.0, l_i)[None, :, None]
@@ -344,10 +357,12 @@ def _sparse_mla_combine_kernel(
 @dataclass(frozen=True)
 class _Cfg:
     """Launch configuration: ``block_h`` heads per program (16 = the mma M; heads past H are masked),
-    ``block_n`` candidates per step, ``nc`` column chunks (the batch axis of both dots, spread over the
-    warps), L2 prefetch ``l2_ahead`` blocks ahead, the fewest candidate blocks per split
-    :func:`choose_num_splits` leaves a program (the prefetch needs a few), and the programs per SM its split
-    budget counts on (``per_sm`` > 1 only for a tile of which that many fit one SM)."""
+    ``block_n`` candidates per step, ``nc`` column chunks (the batch axis of the PV dot, spread over the
+    warps; of the QK dot too unless ``flat_qk``), L2 prefetch ``l2_ahead`` blocks ahead, the fewest candidate
+    blocks per split :func:`choose_num_splits` leaves a program (the prefetch needs a few), the programs per SM
+    its split budget counts on (``per_sm`` > 1 only for a tile of which that many fit one SM), and ``flat_qk``:
+    QK as one ``[block_h, 512] x [512, block_n]`` dot (only for a tile whose QK output has a 16 x 8 mma tile
+    for every warp, ``block_h * block_n >= 128 * num_warps``; else warps would compute some twice)."""
 
     block_h: int
     block_n: int
@@ -357,6 +372,7 @@ class _Cfg:
     l2_ahead: int = 0
     min_blocks: int = 1
     per_sm: int = 1
+    flat_qk: bool = False
 
 
 # Tiles picked by :func:`_pick_cfg`, from an H100 mma.sync sweep (DISABLE_MMA_V3=1, CUDA-graph
@@ -367,13 +383,17 @@ class _Cfg:
 # 141.3).  The small tile runs on 4 warps (scripts/tune_sparse_mla.py --cases dec1,dec8,dec32,dec64,mtp32:
 # bs 8 20.5 vs 22.4 us for 8 warps, never slower at bs 1-64).  All builds have 0 spills in every AOT specialisation.
 _CFG_DECODE_SMALL = _Cfg(16, 16, num_warps=4)
+# The decode tiles keep the chunk-batched QK: the small one's 16 x 16 output has 2 mma tiles for 4 warps; the large
+# one's flat QK holds a 16 x 512 q fragment per warp and spills 344 B split-K in the no-alignment specialisation.
 _CFG_DECODE_LARGE = _Cfg(32, 32, l2_ahead=2, min_blocks=3)
-# Prefill (rows x 32-head blocks >= 2 x SMs, never split); the L2 prefetch was not timed there.
-_CFG_PREFILL = _Cfg(32, 32)
+# Prefill (rows x 32-head blocks >= 2 x SMs, never split); the L2 prefetch was not timed there.  The prefill tiles
+# take the flat QK: no cross-warp reduction of per-chunk partials, sm_120a loop instructions per warp per step
+# 1445 -> 1059 here and 847 -> 648 for the bf16-workspace tile (scripts/sass_stats.py; not timed yet).
+_CFG_PREFILL = _Cfg(32, 32, flat_qk=True)
 # Prefill over the bf16 workspace (no per-chunk UE8M0 scale, so chunks may be 128 wide): the fastest 0-spill tile of
 # scripts/tune_sparse_mla.py on the H100 (mma.sync; 6.97 vs 16.68 ms for the bs-32 e2e prefill's four layers; the L2
 # prefetch gained nothing there).
-_CFG_PREFILL_BF16 = _Cfg(32, 16, num_warps=4, num_stages=2, nc=4)
+_CFG_PREFILL_BF16 = _Cfg(32, 16, num_warps=4, num_stages=2, nc=4, flat_qk=True)
 # The large decode tile from this many 16-head programs (rows x cdiv(H, 16)) on, for H >= 32: in the
 # sweep the small tile won at 16 and 32 programs (bs 8 at q_len 1 and 2), the large one from 64 on.
 LARGE_DECODE_PROGRAMS = 48
@@ -418,7 +438,8 @@ _MAIN_SIG = {
 
 def _aot_config(c: _Cfg, split: bool, bf16: bool) -> AotConfig:
     """The build of tile ``c``, split-K or not, over the fp8 cache or the bf16 workspace (``bf16``)."""
-    consts = {"BLOCK_H": c.block_h, "BLOCK_N": c.block_n, "NC": c.nc, "SPLIT": split, "L2_AHEAD": c.l2_ahead}
+    consts = {"BLOCK_H": c.block_h, "BLOCK_N": c.block_n, "NC": c.nc, "FLAT_QK": c.flat_qk, "SPLIT": split,
+              "L2_AHEAD": c.l2_ahead}
     return AotConfig({**consts, "UPCAST": False, "KV_BF16": bf16}, num_warps=c.num_warps, num_stages=c.num_stages)
 
 
@@ -666,6 +687,7 @@ def sparse_mla_fwd(
         BLOCK_H=cfg.block_h,
         BLOCK_N=cfg.block_n,
         NC=cfg.nc,
+        FLAT_QK=cfg.flat_qk,
         SPLIT=num_splits > 1,
         L2_AHEAD=0 if _INTERPRET else cfg.l2_ahead,
         UPCAST=_INTERPRET,
@@ -738,7 +760,8 @@ def sparse_mla_bf16_fwd(
         attn_sink if attn_sink is not None else lse, int(attn_sink is not None),
         out, out.stride(0), out.stride(1), lse, lse.stride(0), lse.stride(1), lse, lse,
         heads, softmax_scale * _LOG2E, 1,
-        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, NC=cfg.nc, SPLIT=False, L2_AHEAD=0, UPCAST=_INTERPRET,
+        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, NC=cfg.nc, FLAT_QK=cfg.flat_qk, SPLIT=False, L2_AHEAD=0,
+        UPCAST=_INTERPRET,
         KV_BF16=True, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     guard_compiled("sparse_mla.attend", compiled)
