@@ -388,7 +388,7 @@ _CFG_DECODE_SMALL = _Cfg(16, 16, num_warps=4)
 _CFG_DECODE_LARGE = _Cfg(32, 32, l2_ahead=2, min_blocks=3)
 # Prefill (rows x 32-head blocks >= 2 x SMs, never split); the L2 prefetch was not timed there.  The prefill tiles
 # take the flat QK: no cross-warp reduction of per-chunk partials, sm_120a loop instructions per warp per step
-# 1445 -> 1059 here and 847 -> 648 for the bf16-workspace tile (scripts/sass_stats.py; not timed yet).
+# 1441 -> 1059 here and 852 -> 648 for the bf16-workspace tile (scripts/sass_stats.py; not timed yet).
 _CFG_PREFILL = _Cfg(32, 32, flat_qk=True)
 # Prefill over the bf16 workspace (no per-chunk UE8M0 scale, so chunks may be 128 wide): the fastest 0-spill tile of
 # scripts/tune_sparse_mla.py on the H100 (mma.sync; 6.97 vs 16.68 ms for the bs-32 e2e prefill's four layers; the L2
