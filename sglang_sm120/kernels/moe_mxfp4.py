@@ -972,11 +972,6 @@ class MoeWorkspace(NamedTuple):
     max_tokens: int
 
 
-def _gemv_floats(tokens: int, topk: int, hidden: int, inter: int) -> int:
-    """fp32 elements of the GEMV path's activations for ``tokens`` (<= the GEMV limit): x, then the SwiGLU output."""
-    return tokens * hidden + tokens * topk * inter
-
-
 def moe_mxfp4_workspace(
     max_tokens: int, topk: int, num_experts: int, hidden: int, inter: int, device: torch.device | str
 ) -> MoeWorkspace:
@@ -994,7 +989,7 @@ def moe_mxfp4_workspace(
         block_expert=i32(blocks), total=i32(1),
         inter=torch.empty(slots, inter, dtype=torch.bfloat16, device=device),
         y=torch.empty(slots, hidden, dtype=torch.bfloat16, device=device),
-        gemv=torch.empty(max(1, _gemv_floats(gemv_rows, topk, hidden, inter)), dtype=torch.float32, device=device),
+        gemv=torch.empty(max(1, gemv_rows * (hidden + topk * inter)), dtype=torch.float32, device=device),
         max_tokens=max_tokens,
     )  # fmt: skip
 
@@ -1100,7 +1095,7 @@ def fused_moe_mxfp4(
         or workspace.inter.shape[1] != inter
         or workspace.y.shape[1] != h
         or workspace.rank.numel() < t * topk
-        or workspace.gemv.numel() < _gemv_floats(min(t, gemv_max_tokens(inter)), topk, h, inter)
+        or workspace.gemv.numel() < min(t, gemv_max_tokens(inter)) * (h + topk * inter)
     ):
         raise ValueError(
             f"workspace: built for fewer tokens/experts or other sizes than T={t}, topk={topk}, E={e}, H={h}, I={inter}"
@@ -1160,7 +1155,7 @@ def _gemv(
     w13, s13, s13_fp32, w2, s2, s2_fp32 = ex
     e, inter, topk = w13.shape[0], w13.shape[1] // 2, ids.shape[1]
     xa = buf[: t * h].view(t, h)
-    inter_out = buf[t * h : _gemv_floats(t, topk, h, inter)].view(t * topk, inter)
+    inter_out = buf[t * h : t * h + t * topk * inter].view(t * topk, inter)
     c = _gemv_act_kernel[(t, triton.cdiv(h, _ACT_BLOCK))](
         x, xa, h, x.stride(0), xa.stride(0), BLOCK=_ACT_BLOCK, num_warps=4, num_stages=1
     )
