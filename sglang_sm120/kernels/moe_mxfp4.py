@@ -5,11 +5,10 @@ them, *before* Marlin repacking: ``w13 [E, 2I, H/2]`` int8/uint8 (rows ``[gate; 
 nibble = even k), ``w2 [E, H, I/2]``, scales ``[E, 2I, H/32]`` / ``[E, H, I/32]`` as fp32 powers of two
 (0.5.12) or UE8M0 bytes (``uint8`` / ``float8_e8m0fnu``, 0.5.16).
 
-Decode (up to 40 tokens, 64 for I/TP < 512: :func:`gemv_max_tokens`; 3 launches, no routing pass): GEMV on CUDA
+Decode (up to 40 tokens, 64 for I/TP < 512: :func:`gemv_max_tokens`; 2 launches, no routing pass): GEMV on CUDA
 cores, one program per (row tile, slot) for gate/up + SwiGLU and per (row tile, token) for the down projection
 with the top-k sum fused (:func:`_fp4_gemv`: 16-byte weight loads, two E2M1 decoded per 32-bit op, one scale per
-32-group sum). The activations it reads are fp32 in *GEMV order* (:func:`_gemv_pos`: the two k a 32-bit weight op
-multiplies side by side, pre-scaled by 2^64): a first launch writes x so, GEMM1 writes its SwiGLU output so.
+32-group sum).
 The weights of an expert picked by several tokens are read once per slot (from L2 after the first).
 
 Prefill (above that; 6 launches, graph-safe, no host sync; grids depend on shapes only):
@@ -471,24 +470,6 @@ def _moe_gemm_kernel(
 
 
 _ACT_SCALE = tl.constexpr(2.0**64)  # activations are pre-multiplied by this, the scales by 2^(126 - 64): see _fp4_gemv
-_ACT_BLOCK = 1024  # _gemv_act_kernel: columns per program
-
-
-@triton.jit
-def _gemv_pos(k):
-    """GEMV order of activation index ``k = 32 g + 8 i + 4 h + j`` (j < 4): ``32 g + 8 i + 2 j + h``, so the pair
-    (k, k + 4) that one 32-bit weight op multiplies (:func:`_pair_fma`) is adjacent (read as one 8-byte vector)."""
-    return (k & -32) | (k & 24) | ((k & 3) << 1) | ((k >> 2) & 1)
-
-
-@triton.jit
-def _gemv_act_kernel(x_ptr, xa_ptr, K, stride_x, stride_xa, BLOCK: tl.constexpr):
-    """Grid (T, cdiv(K, BLOCK)): ``xa[t, _gemv_pos(k)] = float(x[t, k]) * 2^64`` (x bf16, xa fp32)."""
-    row = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = k < K
-    x = tl.load(x_ptr + row * stride_x + k, mask=ok, other=0.0).to(tl.float32)
-    tl.store(xa_ptr + row * stride_xa + _gemv_pos(k), x * _ACT_SCALE, mask=ok)
 
 
 @triton.jit
@@ -509,9 +490,8 @@ def _pair_fma(part, w, a, Q: tl.constexpr):
 def _fp4_gemv(a_ptr, w_ptrs, s_ptrs, K, BLOCK_K: tl.constexpr, S_FP32: tl.constexpr, PREFETCH: tl.constexpr):
     """``sum_k a[k] * W[r, k]`` -> ``[R]`` fp32 over ``K`` (a multiple of BLOCK_K), CUDA cores only.
 
-    a_ptr: the fp32 activation row in GEMV order, times 2^64 (:func:`_gemv_pos`); w_ptrs ``[R, 4 G]`` uint32 words
-    of the first K block (G = BLOCK_K / 32; word ``4 g + i`` holds k = 32 g + 8 i + j at bits 4j..4j+3); s_ptrs
-    ``[R, G]`` their per-32 scales.
+    a_ptr: the bf16 activation row; w_ptrs ``[R, 4 G]`` uint32 words of the first K block (G = BLOCK_K / 32;
+    word ``4 g + i`` holds k = 32 g + 8 i + j at bits 4j..4j+3); s_ptrs ``[R, G]`` their per-32 scales.
     Decode, two nibbles (j, j + 4) per 32-bit op: sign to bit 15 / 31 and the 3-bit code to bits 6..8 / 22..24
     make the bf16 pair ``E2M1 * 2^-126`` (code 1 = 0.5 lands on the bf16 subnormal 2^-127, code 0 on +-0,
     both exact); each half is an fp32 by one shift / mask. Products with ``a * 2^64`` are exact and normal
@@ -520,8 +500,6 @@ def _fp4_gemv(a_ptr, w_ptrs, s_ptrs, K, BLOCK_K: tl.constexpr, S_FP32: tl.conste
     G: tl.constexpr = BLOCK_K // 32
     R: tl.constexpr = w_ptrs.shape[0]
     acc = tl.zeros((R, G, 1), dtype=tl.float32)
-    # [G, 4, 2]: the (j, j + 4) activation pairs of word 4 g + i for j = 0, at GEMV order 32 g + 8 i + 2 j + (0, 1)
-    pairs = tl.arange(0, G)[:, None, None] * 32 + tl.arange(0, 4)[None, :, None] * 8 + tl.arange(0, 2)[None, None, :]
     if PREFETCH:
         w_next = tl.load(w_ptrs)
     for k0 in range(0, K, BLOCK_K):
@@ -533,10 +511,10 @@ def _fp4_gemv(a_ptr, w_ptrs, s_ptrs, K, BLOCK_K: tl.constexpr, S_FP32: tl.conste
         s = tl.reshape(tl.load(s_ptrs), (R, G, 1))
         s = _ue8m0(s, S_FP32)
         s = ((s + 62) << 23).to(tl.float32, bitcast=True)  # 2^(s - 65)
-        a0 = tl.load(a_ptr + k0 + pairs)
-        a1 = tl.load(a_ptr + k0 + pairs + 2)
-        a2 = tl.load(a_ptr + k0 + pairs + 4)
-        a3 = tl.load(a_ptr + k0 + pairs + 6)
+        a = tl.load(a_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32) * _ACT_SCALE
+        a_ev, a_od = tl.split(tl.reshape(a, (G, 4, 2, 2, 2)))  # k % 8 = 4 b2 + 2 b1 + b0: split b0, b1
+        a0, a2 = tl.split(a_ev)
+        a1, a3 = tl.split(a_od)
         part = tl.zeros((R, G, 4), dtype=tl.float32)
         part = _pair_fma(part, w, a0, 0)
         part = _pair_fma(part, w, a1, 1)
@@ -574,14 +552,12 @@ def _moe_gemv_kernel(
     S_FP32: tl.constexpr,
     PREFETCH: tl.constexpr,
 ):
-    """Decode path, no routing pass (N a multiple of BLOCK_N, K of BLOCK_K; W ``[E, rows, K/2]`` bytes; a fp32 rows
-    in GEMV order, times 2^64: :func:`_gemv_act_kernel`).
+    """Decode path, no routing pass (N a multiple of BLOCK_N, K of BLOCK_K; W ``[E, rows, K/2]`` bytes).
 
-    GATED, grid (N / BLOCK_N, T * topk): one slot, ``h = bf16(SwiGLU(a[slot // topk] @ [gate; up]^T))`` (W rows
-    ``[gate (N); up (N)]``) stored as the down projection's activations: ``c[slot, _gemv_pos(n)] = float(h[n]) *
-    2^64`` (fp32); a slot whose expert id is outside ``[0, E)`` is skipped. Else, grid (N / BLOCK_N, T): one token,
-    ``c[t, n] = scale * sum_k tw[t, k] * bf16(a[t * topk + k] @ W[e_k]^T)`` (bf16) over its valid slots (the down
-    projection with the top-k sum fused)."""
+    GATED, grid (N / BLOCK_N, T * topk): one slot, ``c[slot, n] = SwiGLU(a[slot // topk] @ [gate; up]^T)``
+    (bf16; W rows ``[gate (N); up (N)]``); a slot whose expert id is outside ``[0, E)`` is skipped.
+    Else, grid (N / BLOCK_N, T): one token, ``c[t, n] = scale * sum_k tw[t, k] * bf16(a[t * topk + k] @ W[e_k]^T)``
+    over its valid slots (the down projection with the top-k sum fused)."""
     R: tl.constexpr = 2 * BLOCK_N if GATED else BLOCK_N
     # the wrapper guarantees 16-byte rows: vectorised weight loads
     stride_wn = stride_wn // 16 * 4  # in 32-bit words
@@ -611,8 +587,7 @@ def _moe_gemv_kernel(
             PREFETCH,
         )
         g, u = tl.split(tl.trans(tl.reshape(acc, (2, BLOCK_N))))
-        h = _swiglu(g, u, limit).to(tl.bfloat16).to(tl.float32)
-        tl.store(c_ptr + slot.to(tl.int64) * stride_cm + _gemv_pos(offs_n), h * _ACT_SCALE)
+        tl.store(c_ptr + slot.to(tl.int64) * stride_cm + offs_n, _swiglu(g, u, limit).to(c_ptr.dtype.element_ty))
     else:
         t = tl.program_id(1).to(tl.int64)
         out = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -814,9 +789,8 @@ register_aot(
 )
 
 
-def _gemv_signature(s: str, ids: str, gated: bool) -> dict[str, str]:
-    c = "*fp32" if gated else "*bf16"  # gate/up writes the down projection's fp32 GEMV-order activations
-    sig = {"a_ptr": "*fp32", "w_ptr": "*u8", "s_ptr": s, "c_ptr": c, "ids_ptr": ids, "tw_ptr": "*fp32"}
+def _gemv_signature(s: str, ids: str) -> dict[str, str]:
+    sig = {"a_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": s, "c_ptr": "*bf16", "ids_ptr": ids, "tw_ptr": "*fp32"}
     for name in (
         "N",
         "K",
@@ -855,19 +829,12 @@ def _gemv_aot_configs(s_fp32: bool) -> list[AotConfig]:
 for _s, _sf in (("*fp32", True), ("*u8", False)):
     _configs = _gemv_aot_configs(_sf)
     for _ids in ("*i32", "*i64"):
-        for _gated, _op in ((True, "gemv_up"), (False, "gemv_down")):
-            register_aot(
-                f"moe_mxfp4.{_op}[s={_s[1:]},ids={_ids[1:]}]",
-                _moe_gemv_kernel,
-                signature=_gemv_signature(_s, _ids, _gated),
-                configs=[c for c in _configs if c.constexprs["GATED"] == _gated],
-            )
-register_aot(
-    "moe_mxfp4.gemv_act",
-    _gemv_act_kernel,
-    signature={"x_ptr": "*bf16", "xa_ptr": "*fp32", "K": _INT, "stride_x": _INT, "stride_xa": _INT},
-    configs=[AotConfig({"BLOCK": _ACT_BLOCK}, num_warps=4, num_stages=1)],
-)
+        register_aot(
+            f"moe_mxfp4.gemv[s={_s[1:]},ids={_ids[1:]}]",
+            _moe_gemv_kernel,
+            signature=_gemv_signature(_s, _ids),
+            configs=_configs,
+        )
 for _ids in ("i32", "i64"):
     register_aot(
         f"moe_mxfp4.count[ids={_ids}]",
@@ -966,9 +933,8 @@ class MoeWorkspace(NamedTuple):
     sorted_ids: torch.Tensor  # [max over the routed tiles of max_blocks * BLOCK_M] int32
     block_expert: torch.Tensor  # [max_blocks] int32
     total: torch.Tensor  # [1] int32
-    inter: torch.Tensor  # [T*topk, I] bf16 (SwiGLU output, routed path)
+    inter: torch.Tensor  # [T*topk, I] bf16 (SwiGLU output)
     y: torch.Tensor  # [T*topk, H] bf16 (per-slot expert outputs, routed path)
-    gemv: torch.Tensor  # fp32 [R*H + R*topk*I], R = min(T, gemv_max_tokens(I)): GEMV-order x, then SwiGLU output
     max_tokens: int
 
 
@@ -983,14 +949,11 @@ def moe_mxfp4_workspace(
     def i32(n: int) -> torch.Tensor:
         return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
 
-    gemv_rows = min(max_tokens, gemv_max_tokens(inter))
     return MoeWorkspace(
         counts=i32(num_experts), offsets=i32(num_experts), rank=i32(slots), sorted_ids=i32(rows),
         block_expert=i32(blocks), total=i32(1),
         inter=torch.empty(slots, inter, dtype=torch.bfloat16, device=device),
-        y=torch.empty(slots, hidden, dtype=torch.bfloat16, device=device),
-        gemv=torch.empty(max(1, gemv_rows * (hidden + topk * inter)), dtype=torch.float32, device=device),
-        max_tokens=max_tokens,
+        y=torch.empty(slots, hidden, dtype=torch.bfloat16, device=device), max_tokens=max_tokens,
     )  # fmt: skip
 
 
@@ -1095,7 +1058,6 @@ def fused_moe_mxfp4(
         or workspace.inter.shape[1] != inter
         or workspace.y.shape[1] != h
         or workspace.rank.numel() < t * topk
-        or workspace.gemv.numel() < min(t, gemv_max_tokens(inter)) * (h + topk * inter)
     ):
         raise ValueError(
             f"workspace: built for fewer tokens/experts or other sizes than T={t}, topk={topk}, E={e}, H={h}, I={inter}"
@@ -1103,11 +1065,12 @@ def fused_moe_mxfp4(
     if t == 0:
         return out
     ws = workspace
+    slots = t * topk
     limit = float("inf") if swiglu_limit is None else float(swiglu_limit)
     scale = 1.0 if routed_scaling_factor is None else float(routed_scaling_factor)
     experts = _Experts(w13b, s13, s13_fp32, w2b, s2, s2_fp32)
     if t <= gemv_max_tokens(inter):
-        _gemv(x, experts, topk_weights, topk_ids, out, ws.gemv, limit, scale)
+        _gemv(x, experts, topk_weights, topk_ids, out, ws.inter[:slots], limit, scale)
     else:
         _routed(x, experts, topk_weights, topk_ids, out, ws, limit, scale, act == "mxfp8")
     return out
@@ -1145,25 +1108,18 @@ def _gemv(
     tw: torch.Tensor,
     ids: torch.Tensor,
     out: torch.Tensor,
-    buf: torch.Tensor,
+    inter_out: torch.Tensor,
     limit: float,
     scale: float,
 ) -> None:
-    """Decode: x into GEMV order, gate/up + SwiGLU into the down projection's GEMV-order activations ``[slots, I]``,
-    then the down projection + top-k sum; ``buf`` fp32 holds both activation arrays (the workspace's ``gemv``)."""
+    """Decode: gate/up + SwiGLU into ``inter_out`` ``[slots, I]``, then the down projection + top-k sum."""
     t, h = x.shape
     w13, s13, s13_fp32, w2, s2, s2_fp32 = ex
     e, inter, topk = w13.shape[0], w13.shape[1] // 2, ids.shape[1]
-    xa = buf[: t * h].view(t, h)
-    inter_out = buf[t * h : t * h + t * topk * inter].view(t * topk, inter)
-    c = _gemv_act_kernel[(t, triton.cdiv(h, _ACT_BLOCK))](
-        x, xa, h, x.stride(0), xa.stride(0), BLOCK=_ACT_BLOCK, num_warps=4, num_stages=1
-    )
-    guard_compiled("moe_mxfp4.gemv_act", c)
     tile, (bn1, bk1), (bn2, bk2) = _gemv_plan(t, topk, h, inter, num_sms(x.device))
     opts = {"PREFETCH": tile.prefetch, "num_warps": tile.num_warps, "num_stages": 1}
     c = _moe_gemv_kernel[(inter // bn1, t * topk)](
-        xa, w13, s13, inter_out, ids, tw, inter, h, topk, e, xa.stride(0), w13.stride(0), w13.stride(1),
+        x, w13, s13, inter_out, ids, tw, inter, h, topk, e, x.stride(0), w13.stride(0), w13.stride(1),
         s13.stride(0), s13.stride(1), inter_out.stride(0), limit, 1.0,
         BLOCK_N=bn1, BLOCK_K=bk1, GATED=True, S_FP32=s13_fp32, **opts,
     )  # fmt: skip
