@@ -52,7 +52,7 @@ DEFAULT_TILES = (
     "h32n16c4w4s2p0f,h32n16c4w4s2p0,h32n32c8w8s1p0f,h32n32c8w8s1p0,h32n16c4w4s1p0f,h32n16c4w4s2p2f,h32n16c8w4s2p0f,"
     "h16n16c4w4s1p0,h16n16c4w4s2p0,h16n32c4w4s1p0"
 )
-DECODE_TILES = "h16n16c8w8s1p0,h32n32c8w8s1p2,h16n16c8w4s1p0,h16n32c8w4s1p0,h32n16c8w4s1p2,h32n32c8w4s1p2"
+DECODE_TILES = "h16n16c8w4s1p0x2,h16n16c8w4s1p0,h32n32c8w8s1p2,h16n16c8w4s1p0x4,h16n16c8w8s1p0,h16n32c8w4s1p0x2"
 PREFILL_CASES = ("bs8", "bs32", "long4k")
 # (requests, tokens per request) over the fp8 cache
 DECODE_CASES = {

@@ -315,9 +315,6 @@ def test_bad_input():
         fused_moe_mxfp4(torch.randn(2, 96).bfloat16(), w13b, w2b, s13b, s2b, tw, ids)
     with pytest.raises(ValueError, match="workspace"):
         fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, workspace=moe_mxfp4_workspace(1, 2, e, h, inter, "cpu"))
-    ws = moe_mxfp4_workspace(2, 2, e, h, inter, "cpu")
-    with pytest.raises(ValueError, match="workspace"):  # the GEMV activations (x and the SwiGLU output) do not fit
-        fused_moe_mxfp4(x, w13, w2, s13, s2, tw, ids, workspace=ws._replace(gemv=ws.gemv[: 2 * h]))
     with pytest.raises(ValueError, match="input_ids"):
         hash_topk(torch.randn(2, e), torch.zeros(2, dtype=torch.int16), torch.zeros(10, 2, dtype=torch.int32))
     with pytest.raises(ValueError, match="scoring_func"):

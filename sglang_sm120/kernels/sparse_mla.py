@@ -382,21 +382,25 @@ class _Cfg:
 # blocks ahead into L2 (bs 32: 55.6 vs 75.9 us, bs 64: 105.2 vs 146.0; MTP q_len 2 bs 32: 103.0 vs
 # 141.3).  The small tile runs on 4 warps (scripts/tune_sparse_mla.py --cases dec1,dec8,dec32,dec64,mtp32:
 # bs 8 20.5 vs 22.4 us for 8 warps, never slower at bs 1-64).  All builds have 0 spills in every AOT specialisation.
-_CFG_DECODE_SMALL = _Cfg(16, 16, num_warps=4)
+# Session 12 (H100, tune_sparse_mla.py --cases dec8,dec32,dec64): budgeting splits for two small-tile programs per SM
+# (it fits two: 49 KB shared memory, <= 205 registers x 128 threads) made it the fastest decode tile up to 128
+# 16-head programs: bs 8 19 vs 20 us, bs 32 46 vs 57 us (large tile), bs 64 94 vs 106 us (large tile); hence
+# LARGE_DECODE_PROGRAMS 48 -> 256 (beyond 128 programs not timed).
+_CFG_DECODE_SMALL = _Cfg(16, 16, num_warps=4, per_sm=2)
 # The decode tiles keep the chunk-batched QK: the small one's 16 x 16 output has 2 mma tiles for 4 warps; the large
 # one's flat QK holds a 16 x 512 q fragment per warp and spills 344 B split-K in the no-alignment specialisation.
 _CFG_DECODE_LARGE = _Cfg(32, 32, l2_ahead=2, min_blocks=3)
 # Prefill (rows x 32-head blocks >= 2 x SMs, never split); the L2 prefetch was not timed there.  The prefill tiles
 # take the flat QK: no cross-warp reduction of per-chunk partials, sm_120a loop instructions per warp per step
-# 1441 -> 1059 here and 852 -> 648 for the bf16-workspace tile (scripts/sass_stats.py; not timed yet).
+# 1441 -> 1059 here and 852 -> 648 for the bf16-workspace tile (scripts/sass_stats.py).  H100, mma.sync, session 12
+# (tune_sparse_mla.py): pre2k 1496 vs 3003 us; bf16 tile bs32 5479 vs 6389 us, long4k 2434 vs 2781 us.
 _CFG_PREFILL = _Cfg(32, 32, flat_qk=True)
 # Prefill over the bf16 workspace (no per-chunk UE8M0 scale, so chunks may be 128 wide): the fastest 0-spill tile of
 # scripts/tune_sparse_mla.py on the H100 (mma.sync; 6.97 vs 16.68 ms for the bs-32 e2e prefill's four layers; the L2
 # prefetch gained nothing there).
 _CFG_PREFILL_BF16 = _Cfg(32, 16, num_warps=4, num_stages=2, nc=4, flat_qk=True)
-# The large decode tile from this many 16-head programs (rows x cdiv(H, 16)) on, for H >= 32: in the
-# sweep the small tile won at 16 and 32 programs (bs 8 at q_len 1 and 2), the large one from 64 on.
-LARGE_DECODE_PROGRAMS = 48
+# The large decode tile from this many 16-head programs (rows x cdiv(H, 16)) on, for H >= 32 (see above).
+LARGE_DECODE_PROGRAMS = 256
 
 _MAIN_SIG = {
     "q_ptr": "*bf16",
@@ -776,8 +780,8 @@ _SHARED_WORKSPACES: dict[tuple[torch.device, int], SparseMLAWorkspace] = {}
 def shared_workspace(num_heads: int, device: torch.device) -> SparseMLAWorkspace:
     """Split-K workspace of :func:`flash_mla_with_kvcache` for ``num_heads`` heads on ``device``.
 
-    Sized for :func:`choose_num_splits` at every row count and top-k (at most
-    SMs x H (row, head, split) triples of 2 KB: 8.4 MB at 32 heads on an H100), allocated
+    Sized for :func:`choose_num_splits` at every row count and top-k (at most per_sm x SMs x 16
+    (row, head, split) triples of 2 KB: 8.4 MB on an H100 with the 2-per-SM small decode tile), allocated
     on first use and never replaced, so CUDA graphs captured earlier keep valid pointers whatever
     batch sizes come later.  The first call per (device, head count) must be outside capture.
     """
