@@ -89,7 +89,7 @@ def aot_gate(text: str, decode: bool = False, split: bool = True) -> tuple[bool,
 
     kernel = next(k for k in registered() if k.name == "sparse_mla.attend")
     cfg = parse_tile(text)
-    builds = ([(True, False)] if split else []) + [(False, False)] if decode else [(False, True)]
+    builds = (([(True, False)] if split else []) + [(False, False)]) if decode else [(False, True)]
     found = [aot_all_variants(kernel, sparse_mla._aot_config(cfg, split=sp, bf16=bf)) for sp, bf in builds]
     problems = [p for _, _, probs in found for p in probs]
     regs = "/".join(str(r) for r, _, _ in found)

@@ -793,7 +793,9 @@ def shared_workspace(num_heads: int, device: torch.device) -> SparseMLAWorkspace
                 f"sparse_mla: no split-K workspace yet for {num_heads} heads on {device} during CUDA-graph "
                 "capture; run one eager call first (SGLang's capture warm-up does) or use sparse_mla_fwd"
             )
-        ws = workspace_for(num_sms(device), num_heads, MAX_SPLITS * 64, 0, device)
+        # a row count splits only while its programs fit per_sm x SMs: every such count is below this bound
+        max_rows = num_sms(device) * max(c.per_sm for c in (_CFG_DECODE_SMALL, _CFG_DECODE_LARGE))
+        ws = workspace_for(max_rows, num_heads, MAX_SPLITS * 64, 0, device)
         _SHARED_WORKSPACES[key] = ws
     return ws
 
